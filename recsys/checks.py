@@ -1,0 +1,103 @@
+"""Configuration checks that run before any data is read or any model is trained.
+
+Each failure names the config key the user typed, the value it had, and what is allowed; all problems found are
+reported together in one ``ConfigError``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from recsys.errors import ConfigError  # noqa: F401  (re-exported for callers)
+
+Check = Callable[[Mapping[str, Any]], list[str]]
+_CHECKS: list[Check] = []
+
+
+def register(check: Check) -> Check:
+    """Add a check (a function cfg -> list of problems); compression techniques register their own."""
+    _CHECKS.append(check)
+    return check
+
+
+def get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def positive_int(cfg: Mapping[str, Any], key: str, allow_zero: bool = False) -> list[str]:
+    v = get(cfg, key)
+    ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+    return [] if ok else [f"{key}={v!r}: must be a {'non-negative' if allow_zero else 'positive'} integer"]
+
+
+def number_in(cfg: Mapping[str, Any], key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+              ) -> list[str]:
+    v = get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return [f"{key}={v!r}: must be a number"]
+    bad = v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+    rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    return [f"{key}={v!r}: must be in {rng}"] if bad else []
+
+
+def one_of(cfg: Mapping[str, Any], key: str, allowed: list[Any]) -> list[str]:
+    v = get(cfg, key)
+    return [] if v in allowed else [f"{key}={v!r}: must be one of {allowed}"]
+
+
+@register
+def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
+    from recsys.tasks.ranking import OPTIMIZERS
+
+    errs = positive_int(cfg, "train.epochs") + positive_int(cfg, "train.batch_size")
+    errs += positive_int(cfg, "train.num_negatives")
+    errs += number_in(cfg, "train.lr", 0.0, 10.0, lo_open=True)
+    errs += number_in(cfg, "train.weight_decay", 0.0, 1.0)
+    errs += one_of(cfg, "train.optimizer", sorted(OPTIMIZERS))
+    if not isinstance(get(cfg, "seed"), int) or isinstance(get(cfg, "seed"), bool):
+        errs.append(f"seed={get(cfg, 'seed')!r}: must be an integer")
+    return errs
+
+
+@register
+def _model_checks(cfg: Mapping[str, Any]) -> list[str]:
+    m = get(cfg, "model", {})
+    errs: list[str] = []
+    if "factors" in m:
+        errs += positive_int(cfg, "model.factors")
+    if "mlp_layers" in m:
+        layers = m["mlp_layers"]
+        if not isinstance(layers, (list, tuple)) or not layers or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in layers):
+            errs.append(f"model.mlp_layers={layers!r}: must be a non-empty list of positive integers, e.g. [128,64,32]")
+        elif layers[0] % 2:
+            errs.append(f"model.mlp_layers={layers!r}: the first size is the concatenated user+item embedding and must "
+                        "be even")
+    if "dropout" in m:
+        errs += number_in(cfg, "model.dropout", 0.0, 1.0, hi_open=True)
+    if m.get("pretrain") and m.get("name") != "neumf":
+        errs.append(f"model.pretrain=true is only defined for model=neumf (got model={m.get('name')!r})")
+    return errs
+
+
+@register
+def _data_checks(cfg: Mapping[str, Any]) -> list[str]:
+    from recsys.data.config import validate_data_cfg
+
+    try:
+        validate_data_cfg(get(cfg, "data", {}), data_dir=get(cfg, "paths.data_dir"), cache_dir=get(cfg, "paths.cache_dir"))
+    except ConfigError as e:
+        return [str(e)]
+    return []
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Run every registered check; raise one ConfigError listing all problems."""
+    problems = [p for check in _CHECKS for p in check(cfg)]
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,81 @@
+"""The deployable artifact: what the pipeline would ship, saved to one file and reloaded from it.
+
+Every artifact is a ``torch.save`` of a plain dict ``{"format", "spec", "payload", "meta"}`` where ``spec`` rebuilds the
+model (``recsys.models.build_model``) and ``payload`` holds the weights in the format's own encoding. Formats register a
+``(save, load)`` pair here; a new encoding (sparse, packed integers, ...) is one ``register_format`` call.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys.models import build_model
+
+Encoder = Callable[[nn.Module], Any]
+Decoder = Callable[[nn.Module, Any], nn.Module]
+_FORMATS: dict[str, tuple[Encoder, Decoder]] = {}
+
+
+def register_format(name: str, encode: Encoder, decode: Decoder) -> None:
+    """Register an artifact encoding: ``encode(model) -> payload``; ``decode(fresh_model, payload) -> model``."""
+    _FORMATS[name] = (encode, decode)
+
+
+def formats() -> list[str]:
+    return sorted(_FORMATS)
+
+
+def _dense_encode(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _dense_decode(model: nn.Module, payload: dict[str, torch.Tensor]) -> nn.Module:
+    model.load_state_dict(payload)
+    return model
+
+
+register_format("dense", _dense_encode, _dense_decode)
+
+
+def save_artifact(model: nn.Module, path: str | Path, fmt: str = "dense", meta: dict | None = None,
+                  spec: dict | None = None) -> int:
+    """Write ``model`` in encoding ``fmt`` to ``path``; returns the file's byte count."""
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown artifact format {fmt!r}; known: {formats()}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encode, _ = _FORMATS[fmt]
+    blob = {"format": fmt, "spec": spec if spec is not None else model.config(), "payload": encode(model),
+            "meta": meta or {}}
+    torch.save(blob, path)
+    return os.path.getsize(path)
+
+
+def load_artifact(path: str | Path) -> nn.Module:
+    """Rebuild the model saved at ``path`` (in eval mode)."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    fmt = blob["format"]
+    if fmt not in _FORMATS:
+        raise ValueError(f"{path}: artifact format {fmt!r} is not registered (known: {formats()})")
+    _, decode = _FORMATS[fmt]
+    return decode(build_model(blob["spec"]), blob["payload"]).eval()
+
+
+def artifact_meta(path: str | Path) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=False)["meta"]
+
+
+@torch.inference_mode()
+def check_same_scores(original: nn.Module, reloaded: nn.Module, users: torch.Tensor, items: torch.Tensor,
+                      atol: float = 0.0) -> float:
+    """Max |score difference| between the in-memory model and its reloaded artifact; raises if above ``atol``."""
+    original.eval()
+    diff = (original.score(users, items) - reloaded.score(users, items)).abs().max().item()
+    if diff > atol:
+        raise AssertionError(f"reloaded artifact scores differ from the in-memory model by {diff:g} (allowed {atol:g})")
+    return diff

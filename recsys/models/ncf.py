@@ -1,0 +1,168 @@
+"""NCF family (He et al., WWW 2017): GMF, MLP and NeuMF as plain torch modules.
+
+Every model of the family has the same small interface so that tasks, compression and measurement code never
+special-case a model: ``forward(users, items) -> logits``, ``score(users, items)`` (same, no grad assumptions) and
+``score_all(users) -> (len(users), n_items)`` for full-catalogue ranking. No Lightning, no I/O here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+
+
+class GMF(nn.Module):
+    """Generalised matrix factorisation: sigmoid(h^T (p_u * q_i))."""
+
+    family = "ncf"
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 8) -> None:
+        super().__init__()
+        _check_positive_int("factors", factors)
+        self.n_users, self.n_items, self.factors = n_users, n_items, factors
+        self.user_embedding = nn.Embedding(n_users, factors)
+        self.item_embedding = nn.Embedding(n_items, factors)
+        self.predict = nn.Linear(factors, 1)
+        nn.init.normal_(self.user_embedding.weight, std=0.01)
+        nn.init.normal_(self.item_embedding.weight, std=0.01)
+        nn.init.kaiming_uniform_(self.predict.weight, a=1, nonlinearity="sigmoid")
+        nn.init.zeros_(self.predict.bias)
+
+    def vector(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user_embedding(users) * self.item_embedding(items)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.vector(users, items)).squeeze(-1)
+
+    score = forward
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each user: a (b, f) x (f, n_items) product, no pair expansion."""
+        u = self.user_embedding(users) * self.predict.weight  # fold h into the user side
+        return u @ self.item_embedding.weight.T + self.predict.bias
+
+    def config(self) -> dict:
+        return {"_target_": "recsys.models.ncf.GMF", "n_users": self.n_users, "n_items": self.n_items, "factors": self.factors}
+
+
+class MLP(nn.Module):
+    """MLP tower over concatenated user and item embeddings (embedding size = layers[0] / 2)."""
+
+    family = "ncf"
+
+    def __init__(self, n_users: int, n_items: int, layers: Sequence[int] = (64, 32, 16, 8), dropout: float = 0.0) -> None:
+        super().__init__()
+        layers = [int(x) for x in layers]
+        if len(layers) < 1:
+            raise ValueError("model.mlp_layers must list at least one size, e.g. [128, 64, 32]")
+        for size in layers:
+            _check_positive_int("mlp_layers entries", size)
+        if layers[0] % 2:
+            raise ValueError(f"model.mlp_layers[0] is the concatenated embedding size and must be even, got {layers[0]}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        self.n_users, self.n_items, self.layers, self.dropout = n_users, n_items, layers, float(dropout)
+        emb = layers[0] // 2
+        self.user_embedding = nn.Embedding(n_users, emb)
+        self.item_embedding = nn.Embedding(n_items, emb)
+        blocks: list[nn.Module] = []
+        for d_in, d_out in zip(layers[:-1], layers[1:]):
+            blocks += [nn.Dropout(dropout), nn.Linear(d_in, d_out), nn.ReLU()]
+        self.tower = nn.Sequential(*blocks)
+        self.predict = nn.Linear(layers[-1], 1)
+        nn.init.normal_(self.user_embedding.weight, std=0.01)
+        nn.init.normal_(self.item_embedding.weight, std=0.01)
+        for m in self.tower:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.kaiming_uniform_(self.predict.weight, a=1, nonlinearity="sigmoid")
+        nn.init.zeros_(self.predict.bias)
+
+    def vector(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.tower(torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.vector(users, items)).squeeze(-1)
+
+    score = forward
+
+    def all_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """Tower output for every (user, item) pair, shape (b, n_items, layers[-1]).
+
+        The first Linear acts on [p_u; q_i], so W [p_u; q_i] = W_u p_u + W_i q_i: both halves are computed once per user
+        and once per item and broadcast-added, which removes the largest matmul from full-catalogue scoring exactly.
+        """
+        u, i = self.user_embedding(users), self.item_embedding.weight
+        mods = list(self.tower)
+        if not mods:
+            return torch.cat([u[:, None, :].expand(-1, i.shape[0], -1), i[None].expand(u.shape[0], -1, -1)], dim=-1)
+        first = next(k for k, m in enumerate(mods) if isinstance(m, nn.Linear))
+        lin: nn.Linear = mods[first]
+        emb = u.shape[1]
+        h = (u @ lin.weight[:, :emb].T + lin.bias)[:, None, :] + (i @ lin.weight[:, emb:].T)[None, :, :]
+        for m in mods[first + 1:]:
+            h = m(h)
+        return h
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.all_vectors(users)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"_target_": "recsys.models.ncf.MLP", "n_users": self.n_users, "n_items": self.n_items, "layers": self.layers,
+                "dropout": self.dropout}
+
+
+class NeuMF(nn.Module):
+    """NeuMF: GMF and MLP branches with separate embeddings, fused by one output layer on [gmf ; mlp]."""
+
+    family = "ncf"
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 8, mlp_layers: Sequence[int] = (64, 32, 16, 8),
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.gmf = GMF(n_users, n_items, factors)
+        self.mlp = MLP(n_users, n_items, mlp_layers, dropout)
+        # The branches' own output layers are unused in NeuMF; drop them so they are neither trained nor shipped.
+        del self.gmf.predict, self.mlp.predict
+        self.predict = nn.Linear(factors + self.mlp.layers[-1], 1)
+        nn.init.kaiming_uniform_(self.predict.weight, a=1, nonlinearity="sigmoid")
+        nn.init.zeros_(self.predict.bias)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.gmf.vector(users, items), self.mlp.vector(users, items)], dim=-1)
+        return self.predict(h).squeeze(-1)
+
+    score = forward
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        f = self.gmf.factors
+        w_g, w_m = self.predict.weight[0, :f], self.predict.weight[0, f:]
+        g = (self.gmf.user_embedding(users) * w_g) @ self.gmf.item_embedding.weight.T
+        return g + self.mlp.all_vectors(users) @ w_m + self.predict.bias
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:
+        """Initialise from trained GMF and MLP as in the paper: copy both branches, output layer = [a*h_gmf, (1-a)*h_mlp]."""
+        if gmf.factors != self.gmf.factors or mlp.layers != self.mlp.layers:
+            raise ValueError(f"pre-trained GMF/MLP shapes (factors={gmf.factors}, layers={mlp.layers}) do not match "
+                             f"NeuMF (factors={self.gmf.factors}, layers={self.mlp.layers})")
+        for name, p in gmf.state_dict().items():
+            if not name.startswith("predict"):
+                self.gmf.state_dict()[name].copy_(p)
+        for name, p in mlp.state_dict().items():
+            if not name.startswith("predict"):
+                self.mlp.state_dict()[name].copy_(p)
+        self.predict.weight.copy_(torch.cat([alpha * gmf.predict.weight, (1 - alpha) * mlp.predict.weight], dim=1))
+        self.predict.bias.copy_(alpha * gmf.predict.bias + (1 - alpha) * mlp.predict.bias)
+
+    def config(self) -> dict:
+        return {"_target_": "recsys.models.ncf.NeuMF", "n_users": self.n_users, "n_items": self.n_items, "factors": self.gmf.factors,
+                "mlp_layers": self.mlp.layers, "dropout": self.mlp.dropout}

@@ -1,0 +1,121 @@
+"""MLflow in one place: the store, run names, params, tags, metrics and artifacts of a pipeline job.
+
+The default store is a sqlite file under ``mlruns/`` (MLflow 3 rejects a plain file store). Several Hydra jobs may start
+at once on a fresh store and race on sqlite's schema migration, so the store and the experiment are created under a
+file lock before any run starts.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
+
+MAX_PARAM_LEN = 6000
+
+
+def normalise_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///path`` absolute so that every job (and the UI command) points at the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def init_store(uri: str, experiment: str, artifact_location: str | None = None) -> str:
+    """Create the store (schema) and the experiment once, safely across processes; returns the experiment id."""
+    uri = normalise_uri(uri)
+    lock_path = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = str(db) + ".lock"
+    lock = FileLock(lock_path) if lock_path else None
+    if lock:
+        lock.acquire(timeout=600)
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            return exp.experiment_id
+        if artifact_location:
+            Path(artifact_location).mkdir(parents=True, exist_ok=True)
+            artifact_location = Path(artifact_location).resolve().as_uri()
+        return client.create_experiment(experiment, artifact_location=artifact_location)
+    finally:
+        if lock:
+            lock.release()
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as their string form."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """A thin handle on one active MLflow run."""
+
+    def __init__(self, run: mlflow.ActiveRun, uri: str) -> None:
+        self.run = run
+        self.run_id = run.info.run_id
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = {k: (str(v)[:MAX_PARAM_LEN] if v is not None else "None") for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for s in range(0, len(items), 100):
+            mlflow.log_params(dict(items[s:s + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            mlflow.log_metrics(clean, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+
+@contextmanager
+def start_run(uri: str, experiment: str, run_name: str, artifact_location: str | None = None,
+              tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
+    """Open one MLflow run for the job; it ends FINISHED, or FAILED with the error kept, and what was logged stays."""
+    uri = normalise_uri(uri)
+    exp_id = init_store(uri, experiment, artifact_location)
+    mlflow.set_tracking_uri(uri)
+    base_tags = {"git_commit": git_commit(), "host_threads": os.cpu_count()}
+    base_tags.update(tags or {})
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                          tags={k: str(v) for k, v in base_tags.items()}) as run:
+        yield Tracker(run, uri)

@@ -1,0 +1,70 @@
+"""RankingDataModule: an epoch covers every positive once with its negatives; epochs differ; lengths match."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.data.datamodule import RankingDataModule
+from recsys.data.splits import build_split
+from recsys.errors import ConfigError
+from test_data_splits import _write_csv
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dm")
+    cfg = _write_csv(tmp, n_users=80, n_items=50)
+    return build_split(cfg, tmp, tmp / "cache", seed=0)
+
+
+def _epoch(loader):
+    batches = list(loader)
+    users, items, labels = (torch.cat(t) for t in zip(*batches))
+    return batches, users.numpy(), items.numpy(), labels.numpy()
+
+
+def test_epoch_covers_positives_once(split):
+    dm = RankingDataModule(split, batch_size=64, num_negatives=3, seed=7)
+    loader = dm.train_dataloader()
+    batches, users, items, labels = _epoch(loader)
+    assert len(batches) == len(loader) == int(np.ceil(len(split.train_users) * 4 / 64))
+    assert all(b[0].dtype == torch.int64 and b[2].dtype == torch.float32 for b in batches)
+    n = split.n_items
+    pos = np.sort(users[labels == 1] * n + items[labels == 1])
+    assert np.array_equal(pos, np.sort(split.train_users * n + split.train_items))
+    neg_u, neg_i = users[labels == 0], items[labels == 0]
+    assert len(neg_u) == 3 * len(split.train_users)
+    assert np.array_equal(np.bincount(neg_u, minlength=split.n_users),
+                          3 * np.bincount(split.train_users, minlength=split.n_users))
+    assert not np.isin(neg_u * n + neg_i, split.train_users * n + split.train_items).any()
+    _, users2, items2, labels2 = _epoch(loader)
+    assert not np.array_equal(items, items2)  # fresh negatives and a new shuffle
+    # the same (seed, epoch) is reproducible
+    dm2 = RankingDataModule(split, batch_size=64, num_negatives=3, seed=7)
+    _, u_again, i_again, _ = _epoch(dm2.train_dataloader())
+    assert np.array_equal(users, u_again) and np.array_equal(items, i_again)
+
+
+def test_data_fraction(split):
+    dm = RankingDataModule(split, batch_size=32, num_negatives=2, seed=1, data_fraction=0.5)
+    loader = dm.train_dataloader()
+    _, users, items, labels = _epoch(loader)
+    n_pos = round(0.5 * len(split.train_users))
+    assert int(labels.sum()) == n_pos and len(labels) == 3 * n_pos
+    assert len(loader) == int(np.ceil(3 * n_pos / 32))
+    with pytest.raises(ConfigError, match="data_fraction"):
+        RankingDataModule(split, data_fraction=0.0)
+
+
+def test_eval_loaders(split):
+    dm = RankingDataModule(split, batch_size=32, num_negatives=2, seed=1, eval_batch_users=16)
+    for loader, users, pos, negs in ((dm.val_dataloader(), split.val_users, split.val_items, split.val_negatives),
+                                     (dm.test_dataloader(), split.test_users, split.test_items, split.test_negatives)):
+        batches = list(loader)
+        assert len(batches) == len(loader) == int(np.ceil(len(users) / 16))
+        u = torch.cat([b[0] for b in batches]).numpy()
+        c = torch.cat([b[1] for b in batches]).numpy()
+        assert np.array_equal(u, users) and np.array_equal(c[:, 0], pos) and np.array_equal(c[:, 1:], negs)
+        assert c.shape[1] == 1 + negs.shape[1]
