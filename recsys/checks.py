@@ -85,19 +85,37 @@ def _model_checks(cfg: Mapping[str, Any]) -> list[str]:
     return errs
 
 
-@register
-def _data_checks(cfg: Mapping[str, Any]) -> list[str]:
-    from recsys.data.config import validate_data_cfg
-
-    try:
-        validate_data_cfg(get(cfg, "data", {}), data_dir=get(cfg, "paths.data_dir"), cache_dir=get(cfg, "paths.cache_dir"))
-    except ConfigError as e:
-        return [str(e)]
-    return []
-
-
 def validate(cfg: Mapping[str, Any]) -> None:
     """Run every registered check; raise one ConfigError listing all problems."""
     problems = [p for check in _CHECKS for p in check(cfg)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@register
+def _compress_checks(cfg: Mapping[str, Any]) -> list[str]:
+    from recsys.compress.base import check_config
+
+    return check_config(cfg)
+
+
+@register
+def _finetune_checks(cfg: Mapping[str, Any]) -> list[str]:
+    if not isinstance(get(cfg, "finetune"), Mapping):
+        return []
+    errs = positive_int(cfg, "finetune.epochs", allow_zero=True)
+    errs += number_in(cfg, "finetune.lr", 0.0, 10.0, lo_open=True)
+    errs += number_in(cfg, "finetune.data_fraction", 0.0, 1.0, lo_open=True)
+    return errs
+
+
+@register
+def _family_checks(cfg: Mapping[str, Any]) -> list[str]:
+    from recsys.tasks.base import get_family
+
+    task = get(cfg, "model.task")
+    try:
+        family = get_family(task)
+    except ValueError as e:
+        return [str(e)]
+    return family.check(cfg)

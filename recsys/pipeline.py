@@ -1,41 +1,32 @@
-"""The stages of one Hydra job, in order: data -> dense model (trained or cached) -> [compress -> fine-tune] ->
-evaluate every stage -> export + measure the reloaded artifact -> track. Returns the sweep objective(s)."""
+"""The stages of one Hydra job, in order: data -> dense model (trained or cached) -> compress (distill -> lowrank ->
+prune -> quant) -> fine-tune -> evaluate every stage -> export + measure the reloaded artifact -> track.
+Returns the sweep objective(s). Model-family specifics live in ``recsys.tasks.<task>.FAMILY``; techniques in
+``recsys.compress``."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recsys import checks, tracking
-from recsys.data.datamodule import RankingDataModule
-from recsys.data.splits import ImplicitSplit, build_split
-from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_ranks
+from recsys.compress.base import CompressContext, configured
+from recsys.errors import ConfigError
 from recsys.export.artifact import artifact_meta, check_same_scores, load_artifact, save_artifact
-from recsys.measure.latency import LatencyConfig, measure_latency
 from recsys.measure.size import count_params
 from recsys.models import build_model
+from recsys.tasks.base import TaskFamily, get_family
 from recsys.tasks.fit import fit
-from recsys.tasks.ranking import RankingTask
-
-MODEL_META_KEYS = ("name",)
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def model_spec(model_cfg: dict[str, Any], split: ImplicitSplit) -> dict[str, Any]:
-    """Constructor spec of the configured model: its ``_target_`` and init kwargs, with dataset sizes filled in."""
-    spec = {k: v for k, v in model_cfg.items() if k not in MODEL_META_KEYS and not k.startswith("pretrain")}
-    spec.update(n_users=split.n_users, n_items=split.n_items)
-    return spec
-
-
 def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -78,29 +69,31 @@ def run_name(cfg: DictConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ stages
-def train_model(model: torch.nn.Module, split: ImplicitSplit, cfg: DictConfig, stage: str, logger: Any,
-                lr: float | None = None, optimizer: str | None = None, epochs: int | None = None,
-                data_fraction: float = 1.0, callbacks: tuple = ()) -> dict[str, float]:
-    """Train ``model`` in place with the ranking task; keeps the best validation epoch."""
-    t = cfg.train
-    task = RankingTask(model, lr=lr or t.lr, optimizer=optimizer or t.optimizer, weight_decay=t.weight_decay,
-                       stage=stage, topk=int(cfg.eval.topk[0]))
-    dm = RankingDataModule(split, batch_size=t.batch_size, num_negatives=t.num_negatives, seed=cfg.seed,
-                           eval_batch_users=cfg.eval.batch_users, data_fraction=data_fraction)
+def train_model(model: torch.nn.Module, data: Any, cfg: DictConfig, stage: str, logger: Any, lr: float | None = None,
+                optimizer: str | None = None, epochs: int | None = None, data_fraction: float = 1.0,
+                callbacks: tuple | list = (), select_best: bool = True, task: L.LightningModule | None = None
+                ) -> dict[str, float]:
+    """Train ``model`` in place with its family's task; by default keeps the best validation epoch."""
+    family = get_family(cfg.model.task)
+    task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
+    dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
+    Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
     ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
-    info = fit(task, dm, epochs or t.epochs, OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
-               callbacks=callbacks, ckpt_dir=ckpt, monitor=f"{stage}/val_hr_at_{int(cfg.eval.topk[0])}")
-    n_samples = len(split.train_users) * data_fraction * (1 + t.num_negatives) * info["epochs_run"]
-    info["samples_per_s"] = n_samples / max(info["train_seconds"], 1e-9)
+    info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
+               callbacks=list(callbacks), ckpt_dir=ckpt, monitor=f"{stage}/epoch_{family.monitor}",
+               select_best=select_best)
+    n = family.samples_per_epoch(data, cfg, data_fraction) * info["epochs_run"]
+    info["samples_per_s"] = n / max(info["train_seconds"], 1e-9)
+    info["seconds_per_epoch"] = info["train_seconds"] / max(info["epochs_run"], 1.0)
     return info
 
 
-def dense_model(cfg: DictConfig, split: ImplicitSplit, logger: Any) -> tuple[torch.nn.Module, dict[str, float]]:
+def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Module, dict[str, float]]:
     """The trained dense model: from the cache keyed by (data, model, train, seed), else trained (once, under a lock)."""
+    family = get_family(cfg.model.task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    key = cache_key("dense", data_cfg, split.checksum, model_cfg, train_cfg, cfg.seed)
+    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), family.data_summary(data)[0],
+                    model_cfg, OmegaConf.to_container(cfg.train, resolve=True), cfg.seed)
     path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):
@@ -110,75 +103,46 @@ def dense_model(cfg: DictConfig, split: ImplicitSplit, logger: Any) -> tuple[tor
             print(f"[dense] loaded from cache: {path}")
             return load_artifact(path), info
         L.seed_everything(cfg.seed, workers=True)
-        model = build_model(model_spec(model_cfg, split))
+        model = build_model(family.model_spec(model_cfg, data))
         info: dict[str, float] = {}
         if model_cfg.get("pretrain"):
-            info.update(pretrain_neumf(model, cfg, split, logger))
+            info.update(pretrain_neumf(model, cfg, data))
             opt, lr = model_cfg.get("pretrain_optimizer", "sgd"), model_cfg.get("pretrain_lr", cfg.train.lr)
-            info.update(train_model(model, split, cfg, "dense", logger, lr=lr, optimizer=opt))
+            info.update(train_model(model, data, cfg, "dense", logger, lr=lr, optimizer=opt))
         else:
-            info.update(train_model(model, split, cfg, "dense", logger))
+            info.update(train_model(model, data, cfg, "dense", logger))
         info["cache_hit"] = 0.0
         save_artifact(model, path, meta={"train_info": info, "key": key})
         return model, info
 
 
-def pretrain_neumf(model: torch.nn.Module, cfg: DictConfig, split: ImplicitSplit, logger: Any) -> dict[str, float]:
+def pretrain_neumf(model: torch.nn.Module, cfg: DictConfig, data: Any) -> dict[str, float]:
     """Train GMF and MLP with the same settings (each cached), then initialise NeuMF from them (He et al., Sec. 3.4.1)."""
     seconds = 0.0
     parts = {}
     for name, target, kw in (("gmf", "recsys.models.ncf.GMF", {"factors": cfg.model.factors}),
                              ("mlp", "recsys.models.ncf.MLP", {"layers": list(cfg.model.mlp_layers),
                                                               "dropout": cfg.model.dropout})):
-        sub = OmegaConf.merge(cfg, {"model": {"_target_": target, "name": name, **kw}})
-        sub.model = OmegaConf.create({"_target_": target, "name": name, **kw})
-        m, info = dense_model(sub, split, logger=False)
+        sub = copy.deepcopy(cfg)
+        with open_dict(sub):
+            sub.model = OmegaConf.create({"_target_": target, "name": name, "task": cfg.model.task, **kw})
+        m, info = dense_model(sub, data, logger=False)
         seconds += info.get("train_seconds", 0.0)
         parts[name] = m
-        print(f"[pretrain] {name}: trained/cached (train_seconds={info.get('train_seconds', 0):.1f})")
+        print(f"[pretrain] {name}: ready (train_seconds={info.get('train_seconds', 0):.1f}, "
+              f"cache_hit={info.get('cache_hit')})")
     model.load_pretrained(parts["gmf"], parts["mlp"], alpha=float(cfg.model.get("pretrain_alpha", 0.5)))
     return {"pretrain_seconds": seconds}
 
 
-def evaluate(model: torch.nn.Module, split: ImplicitSplit, cfg: DictConfig) -> dict[str, float]:
-    """Sampled-protocol HR/NDCG on test and validation, full-ranking recall/NDCG on test (known positives masked)."""
-    model.eval()
-    ks = tuple(int(k) for k in cfg.eval.topk)
-    out: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ranks = sampled_ranks(model, split.test_users, split.test_candidates(), batch_users=cfg.eval.batch_users)
-    out.update(ranking_metrics(ranks, ks))
-    out["eval_seconds"] = time.perf_counter() - t0
-    ranks = sampled_ranks(model, split.val_users, split.val_candidates(), batch_users=cfg.eval.batch_users)
-    out.update({f"val_{k}": v for k, v in ranking_metrics(ranks, ks).items() if not k.startswith("mrr")})
-    if cfg.eval.full_ranking:
-        t0 = time.perf_counter()
-        indptr, indices = split.known_csr()
-        ranks = full_ranks(model, split.test_users, split.test_items, split.n_items, indptr, indices,
-                           batch_users=cfg.eval.batch_users)
-        out["full_eval_seconds"] = time.perf_counter() - t0
-        for k in ks:
-            full = ranking_metrics(ranks, (k,))
-            out[f"recall_at_{k}"] = full[f"hr_at_{k}"]
-            out[f"full_ndcg_at_{k}"] = full[f"ndcg_at_{k}"]
-    return out
-
-
-def export_and_measure(model: torch.nn.Module, split: ImplicitSplit, cfg: DictConfig, name: str, out_dir: Path,
-                       fmt: str = "dense") -> tuple[dict[str, float], Path]:
+def export_and_measure(model: torch.nn.Module, data: Any, cfg: DictConfig, family: TaskFamily, name: str,
+                       out_dir: Path, fmt: str = "dense") -> tuple[dict[str, float], Path]:
     """Save the artifact, reload it, check identical scores, then measure bytes and CPU latency of the reloaded copy."""
     path = out_dir / f"{name}.pt"
     nbytes = save_artifact(model, path, fmt=fmt)
     reloaded = load_artifact(path)
-    g = torch.Generator().manual_seed(0)
-    u = torch.randint(0, split.n_users, (4096,), generator=g)
-    i = torch.randint(0, split.n_items, (4096,), generator=g)
-    check_same_scores(model, reloaded, u, i)
-    b = cfg.bench
-    lat = measure_latency(reloaded, split.n_users, split.n_items,
-                          LatencyConfig(threads=b.threads, warmup=b.warmup, requests=b.requests, candidates=b.candidates,
-                                        full_catalogue_requests=b.full_catalogue_requests,
-                                        throughput_batch=b.throughput_batch, throughput_repeats=b.throughput_repeats))
+    check_same_scores(model, reloaded, *family.example_inputs(data))
+    lat = family.latency(reloaded, data, cfg)
     return {"artifact_bytes": float(nbytes), **count_params(reloaded), **lat}, path
 
 
@@ -189,10 +153,12 @@ def prefixed(stage: str, metrics: dict[str, float]) -> dict[str, float]:
 def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     """A small markdown table of every stage (headers in the @ form, metric keys stay *_at_*)."""
     cols = [(f"hr_at_{k}", f"HR@{k}", "{:.4f}"), (f"ndcg_at_{k}", f"NDCG@{k}", "{:.4f}"),
-            (f"recall_at_{k}", f"recall@{k} (full)", "{:.4f}"), ("params_total", "params", "{:,.0f}"),
-            ("artifact_bytes", "artifact MB", "{:.3f}"), ("latency_p50_ms", "p50 ms (1x100)", "{:.3f}"),
-            ("latency_p99_ms", "p99 ms", "{:.3f}"), ("latency_full_p50_ms", "full-catalogue ms", "{:.3f}"),
-            ("throughput_per_s", "pairs/s", "{:,.0f}")]
+            (f"recall_at_{k}", f"recall@{k} (full)", "{:.4f}"), ("auc", "AUC", "{:.4f}"),
+            ("recall_at_20", "recall@20", "{:.4f}"), ("mrr_at_20", "MRR@20", "{:.4f}"),
+            ("params_nonzero", "nonzero params", "{:,.0f}"), ("artifact_bytes", "artifact MB", "{:.3f}"),
+            ("latency_p50_ms", "p50 ms", "{:.3f}"), ("latency_p99_ms", "p99 ms", "{:.3f}"),
+            ("latency_full_p50_ms", "full-catalogue ms", "{:.3f}"), ("throughput_per_s", "pairs/s", "{:,.0f}")]
+    cols = [c for c in cols if any(c[0] in m for m in rows.values())]
     lines = ["| stage | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for stage, m in rows.items():
         vals = [(fmt.format(m[key] / 1e6) if key == "artifact_bytes" else fmt.format(m[key])) if key in m else "–"
@@ -201,31 +167,81 @@ def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     return "\n".join(lines)
 
 
+def compress_and_finetune(dense: torch.nn.Module, data: Any, cfg: DictConfig, family: TaskFamily, logger: Any,
+                          rows: dict[str, dict[str, float]]) -> tuple[torch.nn.Module, CompressContext | None]:
+    """Apply the configured techniques, evaluate, fine-tune (masks/quantizers in force), finalize, evaluate."""
+    techniques = configured(OmegaConf.to_container(cfg, resolve=True))
+    if not techniques:
+        return dense, None
+    ctx = CompressContext(cfg=cfg, data=data, family=family, dense=dense, evaluate=lambda m: family.evaluate(m, data, cfg),
+                          train=lambda m, stage, **kw: train_model(m, data, cfg, stage, logger, **kw))
+    label = techniques[0].label if len(techniques) == 1 else "compressed"
+    model = copy.deepcopy(dense)
+    for t in techniques:
+        model = t.apply(model, ctx)
+    ft = cfg.get("finetune") or {}
+    epochs = int(ft.get("epochs", 0) or 0)
+    if epochs <= 0:
+        for t in techniques:
+            model = t.finalize(model, ctx)
+        rows[label] = family.evaluate(model, data, cfg)
+        return model, ctx
+    rows[label] = family.evaluate(model, data, cfg)
+    cbs = [cb for t in techniques for cb in t.callbacks(ctx)]
+    info = train_model(model, data, cfg, "finetune", logger, lr=float(ft.get("lr", cfg.train.lr)), epochs=epochs,
+                       data_fraction=float(ft.get("data_fraction", 1.0)), callbacks=cbs,
+                       select_best=bool(ft.get("select_best", False)))
+    for t in techniques:
+        model = t.finalize(model, ctx)
+    rows["finetuned"] = {**info, **family.evaluate(model, data, cfg)}
+    return model, ctx
+
+
 # -------------------------------------------------------------------------------------------------------------- main
+def validate(cfg: DictConfig) -> None:
+    """Every config check, before any data is read or any model trained (raises one ConfigError listing them all)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    checks.validate(plain)
+
+
 def run(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one job; returns the configured objective metric(s) for Hydra sweepers."""
-    checks.validate(OmegaConf.to_container(cfg, resolve=True))
+    validate(cfg)
+    family = get_family(cfg.model.task)
     Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
-    split = build_split(OmegaConf.to_container(cfg.data, resolve=True), data_dir=cfg.paths.data_dir,
-                        cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    data = family.load_data(cfg)
+    data_tags, data_metrics = family.data_summary(data)
     out_dir = output_dir()
-    tags = {"dataset": split.name, "dataset_checksum": split.checksum, "model": cfg.model.name, **hydra_tags()}
+    tags = {**data_tags, "model": cfg.model.name, "task": family.name, **hydra_tags()}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg),
                             artifact_location=cfg.tracking.get("artifact_location"), tags=tags) as tr:
         tr.log_params(OmegaConf.to_container(cfg, resolve=True))
         tr.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        tr.log_metrics({"data/n_users": split.n_users, "data/n_items": split.n_items,
-                        "data/n_train": len(split.train_users), "data/n_test": len(split.test_users)})
+        tr.log_metrics(data_metrics)
         logger = make_logger(cfg, tr)
-        model, info = dense_model(cfg, split, logger)
-        rows: dict[str, dict[str, float]] = {}
-        dense = {**info, **evaluate(model, split, cfg)}
-        measured, path = export_and_measure(model, split, cfg, "dense", out_dir)
-        dense.update(measured)
-        tr.log_metrics(prefixed("dense", dense))
+        dense, info = dense_model(cfg, data, logger)
+        rows: dict[str, dict[str, float]] = {"dense": {**info, **family.evaluate(dense, data, cfg)}}
+        measured, path = export_and_measure(dense, data, cfg, family, "dense", out_dir)
+        rows["dense"].update(measured)
+        tr.log_metrics(prefixed("dense", rows["dense"]))
         tr.log_artifact(path, "artifacts")
-        rows["dense"] = dense
-        final = rows[list(rows)[-1]]
+        model, ctx = compress_and_finetune(dense, data, cfg, family, logger, rows)
+        last = list(rows)[-1]
+        if ctx is not None:
+            measured, path = export_and_measure(model, data, cfg, family, "compressed", out_dir, fmt=ctx.artifact_format)
+            rows[last].update(measured)
+            rows[last].update(ctx.metrics)
+            d, c = rows["dense"], rows[last]
+            rows[last]["compression_ratio"] = d["artifact_bytes"] / c["artifact_bytes"]
+            rows[last]["speedup_p50"] = d["latency_p50_ms"] / c["latency_p50_ms"]
+            if "latency_full_p50_ms" in c:
+                rows[last]["speedup_full_p50"] = d["latency_full_p50_ms"] / c["latency_full_p50_ms"]
+            tr.set_tags({"artifact_format": ctx.artifact_format, **ctx.params})
+            tr.log_artifact(path, "artifacts")
+            for stage, m in rows.items():
+                if stage != "dense":
+                    tr.log_metrics(prefixed(stage, m))
+        final = rows[last]
         tr.log_metrics(prefixed("final", final))
         table = results_table(rows, int(cfg.eval.topk[0]))
         tr.log_text(table + "\n", "results.md")
@@ -236,7 +252,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     objectives = [str(o) for o in cfg.objectives]
     missing = [o for o in objectives if o not in logged]
     if missing:
-        raise checks.ConfigError(f"objectives={missing} are not logged by this job; available: {sorted(logged)}")
+        raise ConfigError(f"objectives={missing} are not logged by this job; available: {sorted(logged)}")
     vals = tuple(float(logged[o]) for o in objectives)
     return vals[0] if len(vals) == 1 else vals
 
@@ -246,5 +262,3 @@ def make_logger(cfg: DictConfig, tr: tracking.Tracker) -> Any:
     from lightning.pytorch.loggers import MLFlowLogger
 
     return MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tr.uri, run_id=tr.run_id)
-
-

@@ -37,14 +37,14 @@ def test_job_logs_metrics_params_artifacts_and_returns_objective(tmp_path, share
     for key in ("dense/hr_at_10", "dense/ndcg_at_10", "dense/recall_at_10", "dense/val_hr_at_10",
                 "dense/artifact_bytes", "dense/params_total", "dense/params_nonzero", "dense/latency_p50_ms",
                 "dense/latency_p99_ms", "dense/latency_full_p50_ms", "dense/throughput_per_s", "dense/train_seconds",
-                "dense/train_loss", "final/hr_at_10"):
+                "dense/epoch_train_loss", "final/hr_at_10"):
         assert key in m, key
     assert 0.0 < m["dense/hr_at_10"] <= 1.0
     # a trained NeuMF must beat popularity-blind chance (10/100) clearly, even after 2 epochs
     assert m["dense/hr_at_10"] > 0.2
     assert objective == (pytest.approx(m["final/val_hr_at_10"]), pytest.approx(m["final/artifact_bytes"]))
     # per-epoch curve from Lightning's MLFlowLogger landed in the same run
-    hist = client.get_metric_history(r.info.run_id, "dense/val_hr_at_10")
+    hist = client.get_metric_history(r.info.run_id, "dense/epoch_val_hr_at_10")
     assert len(hist) == 2
     assert r.data.params["train.epochs"] == "2" and r.data.params["model.factors"] == "8"
     assert r.data.tags["dataset"] == "ml-100k" and len(r.data.tags["dataset_checksum"]) == 64
@@ -90,6 +90,7 @@ def test_missing_data_dir_names_the_files(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("RECSYS_DATA_DIR", raising=False)
     cfg = make_cfg(tmp_path, tmp_path / "nowhere", "data=ml-1m-loo")
     with pytest.raises(ConfigError) as e:
         run(cfg)

@@ -26,7 +26,20 @@ def register_format(name: str, encode: Encoder, decode: Decoder) -> None:
     _FORMATS[name] = (encode, decode)
 
 
+def _import_all() -> None:
+    """Import every module of ``recsys.export`` so that their ``register_format`` calls have run."""
+    import importlib
+    import pkgutil
+
+    import recsys.export as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "artifact":
+            importlib.import_module(f"recsys.export.{mod.name}")
+
+
 def formats() -> list[str]:
+    _import_all()
     return sorted(_FORMATS)
 
 
@@ -46,6 +59,8 @@ def save_artifact(model: nn.Module, path: str | Path, fmt: str = "dense", meta: 
                   spec: dict | None = None) -> int:
     """Write ``model`` in encoding ``fmt`` to ``path``; returns the file's byte count."""
     if fmt not in _FORMATS:
+        _import_all()
+    if fmt not in _FORMATS:
         raise ValueError(f"unknown artifact format {fmt!r}; known: {formats()}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +75,8 @@ def load_artifact(path: str | Path) -> nn.Module:
     """Rebuild the model saved at ``path`` (in eval mode)."""
     blob = torch.load(Path(path), map_location="cpu", weights_only=False)
     fmt = blob["format"]
+    if fmt not in _FORMATS:
+        _import_all()
     if fmt not in _FORMATS:
         raise ValueError(f"{path}: artifact format {fmt!r} is not registered (known: {formats()})")
     _, decode = _FORMATS[fmt]

@@ -2,20 +2,29 @@
 of the held-out item among its sampled negatives. Wraps any model with ``forward(users, items) -> logits``."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from recsys.data.config import validate_data_cfg
+from recsys.data.datamodule import RankingDataModule
+from recsys.data.splits import ImplicitSplit, build_split
+from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
+from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_ranks
+from recsys.measure.latency import LatencyConfig, measure_latency
+from recsys.tasks.base import TaskFamily, model_kwargs
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "adagrad": torch.optim.Adagrad}
 
 
 class RankingTask(L.LightningModule):
-    """Trains a ranking model; logs ``<stage>/train_loss`` and ``<stage>/val_hr_at_k`` / ``val_ndcg_at_k`` per epoch."""
+    """Trains a ranking model; logs ``<stage>/epoch_train_loss`` and ``<stage>/epoch_val_hr_at_k`` / ``epoch_val_ndcg_at_k`` per epoch."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  stage: str = "dense", topk: int = 10) -> None:
@@ -40,7 +49,7 @@ class RankingTask(L.LightningModule):
         loss = self.loss_fn(logits, labels)
         for term in self.extra_losses:
             loss = loss + term(self, batch, logits)
-        self.log(f"{self.stage}/train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
+        self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -55,9 +64,85 @@ class RankingTask(L.LightningModule):
         ranks = torch.cat(self._val_ranks)
         self._val_ranks.clear()
         k = self.topk
-        self.log(f"{self.stage}/val_hr_at_{k}", M.hit_rate_at_k(ranks, k), prog_bar=True)
-        self.log(f"{self.stage}/val_ndcg_at_{k}", M.ndcg_at_k(ranks, k), prog_bar=True)
+        self.log(f"{self.stage}/epoch_val_hr_at_{k}", M.hit_rate_at_k(ranks, k), prog_bar=True)
+        self.log(f"{self.stage}/epoch_val_ndcg_at_{k}", M.ndcg_at_k(ranks, k), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+class RankingFamily(TaskFamily):
+    """Implicit ranking on an ``ImplicitSplit``: NCF's sampled protocol + full-catalogue ranking, 1 user x candidates."""
+
+    name = "ranking"
+    monitor = "val_hr_at_10"
+
+    def check(self, cfg: dict[str, Any]) -> list[str]:
+        """The data config's keys and that its files exist (or can be downloaded)."""
+        try:
+            validate_data_cfg(cfg.get("data", {}), data_dir=cfg.get("paths", {}).get("data_dir"),
+                              cache_dir=cfg.get("paths", {}).get("cache_dir"))
+        except ConfigError as e:
+            return [str(e)]
+        return []
+
+    def load_data(self, cfg: Any) -> ImplicitSplit:
+        return build_split(OmegaConf.to_container(cfg.data, resolve=True), data_dir=cfg.paths.data_dir,
+                           cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+
+    def data_summary(self, data: ImplicitSplit) -> tuple[dict[str, str], dict[str, float]]:
+        tags = {"dataset": data.name, "dataset_checksum": data.checksum}
+        return tags, {"data/n_users": data.n_users, "data/n_items": data.n_items,
+                      "data/n_train": len(data.train_users), "data/n_test": len(data.test_users)}
+
+    def model_spec(self, model_cfg: dict[str, Any], data: ImplicitSplit) -> dict[str, Any]:
+        return {**model_kwargs(model_cfg), "n_users": data.n_users, "n_items": data.n_items}
+
+    def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> RankingTask:
+        return RankingTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,
+                           topk=int(cfg.eval.topk[0]))
+
+    def make_datamodule(self, data: ImplicitSplit, cfg: Any, data_fraction: float = 1.0) -> RankingDataModule:
+        return RankingDataModule(data, batch_size=cfg.train.batch_size, num_negatives=cfg.train.num_negatives,
+                                 seed=cfg.seed, eval_batch_users=cfg.eval.batch_users, data_fraction=data_fraction)
+
+    def samples_per_epoch(self, data: ImplicitSplit, cfg: Any, data_fraction: float = 1.0) -> float:
+        return len(data.train_users) * data_fraction * (1 + cfg.train.num_negatives)
+
+    def evaluate(self, model: nn.Module, data: ImplicitSplit, cfg: Any) -> dict[str, float]:
+        """Sampled-protocol HR/NDCG/MRR on test and validation; full-ranking recall/NDCG on test (known items masked)."""
+        model.eval()
+        ks = tuple(int(k) for k in cfg.eval.topk)
+        out: dict[str, float] = {}
+        t0 = time.perf_counter()
+        ranks = sampled_ranks(model, data.test_users, data.test_candidates(), batch_users=cfg.eval.batch_users)
+        out.update(ranking_metrics(ranks, ks))
+        out["eval_seconds"] = time.perf_counter() - t0
+        ranks = sampled_ranks(model, data.val_users, data.val_candidates(), batch_users=cfg.eval.batch_users)
+        out.update({f"val_{k}": v for k, v in ranking_metrics(ranks, ks).items() if not k.startswith("mrr")})
+        if cfg.eval.full_ranking:
+            t0 = time.perf_counter()
+            indptr, indices = data.known_csr()
+            ranks = full_ranks(model, data.test_users, data.test_items, data.n_items, indptr, indices,
+                               batch_users=cfg.eval.batch_users)
+            out["full_eval_seconds"] = time.perf_counter() - t0
+            for k in ks:
+                full = ranking_metrics(ranks, (k,))
+                out[f"recall_at_{k}"] = full[f"hr_at_{k}"]
+                out[f"full_ndcg_at_{k}"] = full[f"ndcg_at_{k}"]
+        return out
+
+    def example_inputs(self, data: ImplicitSplit, n: int = 4096) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(0)
+        return (torch.randint(0, data.n_users, (n,), generator=g), torch.randint(0, data.n_items, (n,), generator=g))
+
+    def latency(self, model: nn.Module, data: ImplicitSplit, cfg: Any) -> dict[str, float]:
+        b = cfg.bench
+        return measure_latency(model, data.n_users, data.n_items, LatencyConfig(
+            threads=b.threads, warmup=b.warmup, requests=b.requests, candidates=b.candidates,
+            full_catalogue_requests=b.full_catalogue_requests, throughput_batch=b.throughput_batch,
+            throughput_repeats=b.throughput_repeats))
+
+
+FAMILY = RankingFamily()

@@ -1,0 +1,119 @@
+"""The shape every compression technique takes, and the registry the pipeline reads.
+
+A technique is one file in ``recsys/compress/`` (a ``Technique`` subclass decorated with ``@register``) plus one YAML in
+its config group (``conf/prune/magnitude.yaml`` ...). The pipeline runs the configured techniques in the fixed order of
+DESIGN.md — distill -> lowrank -> prune -> quant — in three phases:
+
+1. ``apply(model, ctx)`` before the fine-tune stage (add masks, shrink, insert fake quantizers, build a student ...);
+2. ``callbacks(ctx)`` — Lightning callbacks active during fine-tuning (keep masks, gradual schedule, QAT, teacher);
+3. ``finalize(model, ctx)`` after fine-tuning (strip reparametrisations, convert to integers ...).
+
+Techniques are pure model -> model functions wrapped for the pipeline: they never import MLflow; they report figures
+through ``ctx.metrics`` and choose the artifact encoding through ``ctx.artifact_format``.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+ORDER = ("distill", "lowrank", "prune", "quant")
+_REGISTRY: dict[tuple[str, str], type[Technique]] = {}
+
+
+@dataclass
+class CompressContext:
+    """What a technique may use: the config, the data, the frozen dense model, and the pipeline's train/eval helpers."""
+
+    cfg: Any
+    data: Any
+    family: Any
+    dense: nn.Module
+    train: Callable[..., dict]       # train(model, stage, lr=None, optimizer=None, epochs=None, data_fraction=1.0,
+    #                                          callbacks=(), select_best=True) -> info
+    evaluate: Callable[[nn.Module], dict]
+    artifact_format: str = "dense"
+    metrics: dict[str, float] = field(default_factory=dict)   # logged under final/ (e.g. sparsity reached)
+    params: dict[str, Any] = field(default_factory=dict)      # logged as tags (e.g. backend names)
+
+
+class Technique:
+    """Base class: override the phases you need. ``self.cfg`` is the technique's config group as a plain dict."""
+
+    group: ClassVar[str] = ""
+    method: ClassVar[str] = ""
+    label: ClassVar[str] = "compressed"   # stage name for metrics when this technique runs alone
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = dict(cfg)
+
+    @classmethod
+    def check(cls, cfg: Mapping[str, Any]) -> list[str]:
+        """Problems with the whole job config (named by key, value and what is allowed); empty when fine."""
+        return []
+
+    def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        return model
+
+    def callbacks(self, ctx: CompressContext) -> list[Any]:
+        return []
+
+    def finalize(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
+        return model
+
+
+def register(cls: type[Technique]) -> type[Technique]:
+    """Class decorator: make ``<group>.method=<method>`` select this technique."""
+    _REGISTRY[(cls.group, cls.method)] = cls
+    return cls
+
+
+def _import_all() -> None:
+    import recsys.compress as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("base",):
+            importlib.import_module(f"recsys.compress.{mod.name}")
+
+
+def methods(group: str) -> list[str]:
+    _import_all()
+    return sorted(["none"] + [m for g, m in _REGISTRY if g == group])
+
+
+def technique_class(group: str, method: str) -> type[Technique] | None:
+    _import_all()
+    return _REGISTRY.get((group, method))
+
+
+def configured(cfg: Mapping[str, Any]) -> list[Technique]:
+    """The techniques the job config asks for, in pipeline order."""
+    out = []
+    for group in ORDER:
+        g = cfg.get(group)
+        if not isinstance(g, Mapping) or g.get("method", "none") in (None, "none"):
+            continue
+        cls = technique_class(group, g["method"])
+        if cls is None:
+            raise KeyError(f"{group}.method={g['method']!r}: must be one of {methods(group)}")
+        out.append(cls(g))
+    return out
+
+
+def check_config(cfg: Mapping[str, Any]) -> list[str]:
+    """Unknown methods, then each configured technique's own checks."""
+    problems: list[str] = []
+    for group in ORDER:
+        g = cfg.get(group)
+        if not isinstance(g, Mapping) or g.get("method", "none") in (None, "none"):
+            continue
+        cls = technique_class(group, g["method"])
+        if cls is None:
+            problems.append(f"{group}.method={g['method']!r}: must be one of {methods(group)}")
+        else:
+            problems += cls.check(cfg)
+    return problems

@@ -1,0 +1,68 @@
+"""A task family (ranking, ctr, session) owns its data, its LightningModule, its evaluation protocol and its request
+shape for latency, so the pipeline never special-cases a model. ``model.task`` in the model config names the family;
+``recsys.tasks.<task>`` must define ``FAMILY``."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+MODEL_META_KEYS = ("name", "task")
+
+
+class TaskFamily:
+    """Interface of a task family; see ``recsys.tasks.ranking.RankingFamily`` for the reference implementation."""
+
+    name = ""
+    monitor = "val_hr_at_10"   # validation metric (logged as <stage>/epoch_<monitor>) that selects the best epoch
+
+    def check(self, cfg: dict[str, Any]) -> list[str]:
+        """Problems with this model/data pairing, before any I/O (e.g. a session model on data without order)."""
+        return []
+
+    def load_data(self, cfg: Any) -> Any:
+        raise NotImplementedError
+
+    def data_summary(self, data: Any) -> tuple[dict[str, str], dict[str, float]]:
+        """(tags, metrics) describing the data: name, checksum, sizes."""
+        raise NotImplementedError
+
+    def model_spec(self, model_cfg: dict[str, Any], data: Any) -> dict[str, Any]:
+        """Constructor spec (``_target_`` + kwargs) of the configured model with data sizes filled in."""
+        raise NotImplementedError
+
+    def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> L.LightningModule:
+        raise NotImplementedError
+
+    def make_datamodule(self, data: Any, cfg: Any, data_fraction: float = 1.0) -> L.LightningDataModule:
+        raise NotImplementedError
+
+    def samples_per_epoch(self, data: Any, cfg: Any, data_fraction: float = 1.0) -> float:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, data: Any, cfg: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def example_inputs(self, data: Any, n: int = 4096) -> tuple[torch.Tensor, ...]:
+        """Inputs for ``model.score(*inputs)`` used to check that a reloaded artifact scores identically."""
+        raise NotImplementedError
+
+    def latency(self, model: nn.Module, data: Any, cfg: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def get_family(task: str) -> TaskFamily:
+    """The family named by ``model.task`` (``ranking``, ``ctr``, ``session``)."""
+    try:
+        mod = importlib.import_module(f"recsys.tasks.{task}")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"model.task={task!r}: no module recsys.tasks.{task}") from e
+    return mod.FAMILY
+
+
+def model_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model config without keys that are not constructor arguments (name, task, pretrain*)."""
+    return {k: v for k, v in model_cfg.items() if k not in MODEL_META_KEYS and not k.startswith("pretrain")}
