@@ -5,7 +5,8 @@ import torch
 from recsys.models import build_model
 from recsys.models.ncf import GMF, MLP, NeuMF
 
-MODELS = [lambda: GMF(30, 50, 8), lambda: MLP(30, 50, [32, 16, 8], 0.1), lambda: NeuMF(30, 50, 8, [32, 16, 8])]
+MODELS = [lambda: GMF(30, 50, 8), lambda: MLP(30, 50, [32, 16, 8], 0.1), lambda: MLP(30, 50, [16]),
+          lambda: NeuMF(30, 50, 8, [32, 16, 8])]
 
 
 @pytest.mark.parametrize("make", MODELS)

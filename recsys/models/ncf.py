@@ -93,26 +93,36 @@ class MLP(nn.Module):
 
     score = forward
 
-    def all_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        """Tower output for every (user, item) pair, shape (b, n_items, layers[-1]).
+    def tower_scores(self, users: torch.Tensor, w_out: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """``tower(user, item) . w_out`` for every item, shape (b, n_items), without materialising all pairs at once.
 
         The first Linear acts on [p_u; q_i], so W [p_u; q_i] = W_u p_u + W_i q_i: both halves are computed once per user
-        and once per item and broadcast-added, which removes the largest matmul from full-catalogue scoring exactly.
+        and once per item and broadcast-added, which removes the largest matmul of full-catalogue scoring exactly. The
+        rest runs over blocks of ``chunk`` users so the (chunk x n_items x hidden) intermediates stay in cache; torch.profiler
+        showed the unblocked version spending ~70% of its time in memory-bound add/ReLU/copy over a 100+ MB tensor.
+        Dropout is skipped: this is the inference path (eval mode).
         """
-        u, i = self.user_embedding(users), self.item_embedding.weight
-        mods = list(self.tower)
-        if not mods:
-            return torch.cat([u[:, None, :].expand(-1, i.shape[0], -1), i[None].expand(u.shape[0], -1, -1)], dim=-1)
-        first = next(k for k, m in enumerate(mods) if isinstance(m, nn.Linear))
-        lin: nn.Linear = mods[first]
-        emb = u.shape[1]
-        h = (u @ lin.weight[:, :emb].T + lin.bias)[:, None, :] + (i @ lin.weight[:, emb:].T)[None, :, :]
-        for m in mods[first + 1:]:
-            h = m(h)
-        return h
+        lins = [m for m in self.tower if isinstance(m, nn.Linear)]
+        emb = self.user_embedding.weight.shape[1]
+        u, items = self.user_embedding(users), self.item_embedding.weight
+        if not lins:
+            return (u @ w_out[:emb])[:, None] + (items @ w_out[emb:])[None, :]
+        first = lins[0]
+        uw = torch.addmm(first.bias, u, first.weight[:, :emb].T)
+        iw = items @ first.weight[:, emb:].T
+        inplace = not torch.is_grad_enabled()
+        out = []
+        for s in range(0, len(users), chunk):
+            h = (iw[None] + uw[s:s + chunk, None]).reshape(-1, iw.shape[1])
+            h = h.relu_() if inplace else torch.relu(h)
+            for lin in lins[1:]:
+                h = torch.addmm(lin.bias, h, lin.weight.T)
+                h = h.relu_() if inplace else torch.relu(h)
+            out.append((h @ w_out).view(-1, iw.shape[0]))
+        return torch.cat(out)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.predict(self.all_vectors(users)).squeeze(-1)
+        return self.tower_scores(users, self.predict.weight[0]) + self.predict.bias
 
     def config(self) -> dict:
         return {"_target_": "recsys.models.ncf.MLP", "n_users": self.n_users, "n_items": self.n_items, "layers": self.layers,
@@ -145,8 +155,8 @@ class NeuMF(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         f = self.gmf.factors
         w_g, w_m = self.predict.weight[0, :f], self.predict.weight[0, f:]
-        g = (self.gmf.user_embedding(users) * w_g) @ self.gmf.item_embedding.weight.T
-        return g + self.mlp.all_vectors(users) @ w_m + self.predict.bias
+        g = torch.addmm(self.predict.bias, self.gmf.user_embedding(users) * w_g, self.gmf.item_embedding.weight.T)
+        return g + self.mlp.tower_scores(users, w_m)
 
     @torch.no_grad()
     def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:

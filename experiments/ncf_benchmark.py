@@ -1,0 +1,97 @@
+"""Benchmark of the foundation job: NeuMF on ml-1m-loo with the NCF paper's factor-32 setting.
+
+Prints and logs (MLflow, experiment ``bench-ncf``): training samples/s and seconds per epoch of the harness, the same
+figure for a bare PyTorch loop over the same model/batches (measured in this run, so the overhead is a ratio on one
+noisy machine), evaluation seconds (sampled protocol and full ranking of every test user over every item), and the
+final quality metrics.
+
+    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py            # no pre-training
+    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --pretrain
+    ... --epochs 2 --data ml-100k                                                                 # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from recsys import tracking  # noqa: E402
+from recsys.models import build_model  # noqa: E402
+from recsys.pipeline import run  # noqa: E402
+from recsys.tasks.base import get_family  # noqa: E402
+
+
+def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
+    """Samples/s of a plain PyTorch loop (no Lightning) over the harness's own batches and model."""
+    family = get_family(cfg.model.task)
+    from omegaconf import OmegaConf
+
+    model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    loader = family.make_datamodule(data, cfg).train_dataloader()
+    n, t0 = 0, None
+    for k, (u, i, y) in enumerate(loader):
+        if k == 20:  # warm-up batches excluded
+            t0, n = time.perf_counter(), 0
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(u, i), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(u)
+        if k >= max_batches:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="ml-1m-loo")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--pretrain", action="store_true")
+    ap.add_argument("--experiment", default="bench-ncf")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.lr=0.002")
+    args = ap.parse_args()
+    overrides = [f"data={args.data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
+                 f"train.epochs={args.epochs}", f"model.pretrain={str(args.pretrain).lower()}", "train.use_cache=false",
+                 f"tracking.experiment={args.experiment}", "trainer.enable_progress_bar=false", *args.overrides]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    family = get_family(cfg.model.task)
+    data = family.load_data(cfg)
+    bare = bare_loop_samples_per_s(cfg, data)
+    t0 = time.perf_counter()
+    run(cfg)
+    wall = time.perf_counter() - t0
+    client = MlflowClient(tracking.normalise_uri(cfg.tracking.uri))
+    exp = client.get_experiment_by_name(args.experiment)
+    r = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    m = r.data.metrics
+    extra = {"bench/bare_loop_samples_per_s": bare, "bench/job_wall_seconds": wall,
+             "bench/harness_over_bare": m["dense/samples_per_s"] / bare, "bench/torch_threads": torch.get_num_threads()}
+    client.log_batch(r.info.run_id, metrics=[__import__("mlflow").entities.Metric(k, float(v), int(time.time() * 1000), 0)
+                                             for k, v in extra.items()])
+    print(f"\n== NeuMF f=32 [128,64,32] on {args.data}, {args.epochs} epochs, pretrain={args.pretrain}, "
+          f"torch threads={torch.get_num_threads()} ==")
+    rows = [("training samples/s (harness)", m["dense/samples_per_s"]), ("training samples/s (bare loop)", bare),
+            ("harness / bare", extra["bench/harness_over_bare"]), ("seconds per epoch", m["dense/seconds_per_epoch"]),
+            ("best epoch (by validation HR)", m.get("dense/best_epoch", float("nan"))),
+            ("sampled eval seconds (test)", m["dense/eval_seconds"]),
+            ("full-ranking eval seconds (all test users x all items)", m["dense/full_eval_seconds"]),
+            ("HR@10", m["dense/hr_at_10"]), ("NDCG@10", m["dense/ndcg_at_10"]),
+            ("recall@10 (full ranking)", m["dense/recall_at_10"]), ("whole job wall seconds", wall)]
+    for name, v in rows:
+        print(f"{name:58s} {v:>14,.4f}" if v < 100 else f"{name:58s} {v:>14,.0f}")
+    print(f"MLflow run {r.info.run_id} in experiment {args.experiment!r}")
+
+
+if __name__ == "__main__":
+    main()
