@@ -81,7 +81,7 @@ def train_model(model: torch.nn.Module, data: Any, cfg: DictConfig, stage: str, 
     ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
     info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
                callbacks=list(callbacks), ckpt_dir=ckpt, monitor=f"{stage}/epoch_{family.monitor}",
-               select_best=select_best)
+               select_best=select_best, patience=cfg.train.get("patience") if select_best else None)
     n = family.samples_per_epoch(data, cfg, data_fraction) * info["epochs_run"]
     info["samples_per_s"] = n / max(info["train_seconds"], 1e-9)
     info["seconds_per_epoch"] = info["train_seconds"] / max(info["epochs_run"], 1.0)

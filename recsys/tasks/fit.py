@@ -9,13 +9,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 
 def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int, trainer_cfg: Mapping[str, Any],
         logger: Logger | bool = False, callbacks: Sequence[Callback] = (), ckpt_dir: str | None = None,
-        monitor: str | None = None, select_best: bool = True) -> dict[str, float]:
+        monitor: str | None = None, select_best: bool = True, patience: int | None = None) -> dict[str, float]:
     """Train ``task`` for ``epochs``; restore the weights of the best validation epoch. Returns timing figures."""
     ckpt_dir = ckpt_dir or tempfile.mkdtemp(prefix="recsys-ckpt-")
     cbs = list(callbacks)
@@ -24,6 +24,8 @@ def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
         checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1,
                                      save_weights_only=True, filename="best")
         cbs.append(checkpoint)
+        if patience:
+            cbs.append(EarlyStopping(monitor=monitor, mode="max", patience=int(patience)))
     trainer = L.Trainer(max_epochs=epochs, logger=logger, callbacks=cbs, enable_checkpointing=checkpoint is not None,
                         default_root_dir=ckpt_dir, num_sanity_val_steps=0, **dict(trainer_cfg))
     t0 = time.perf_counter()
