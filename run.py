@@ -1,6 +1,7 @@
 """Hydra entry point: compose conf/, hand the config to recsys.pipeline, return the objective(s) for sweepers."""
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -13,6 +14,10 @@ from recsys.errors import ConfigError
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     from recsys.pipeline import run
 
+    # Lightning attaches its own console handler at import; Hydra already logs the root logger to console + file, so
+    # keep one of the two to avoid every Lightning line being printed twice.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
     try:
         return run(cfg)
     except ConfigError as e:
