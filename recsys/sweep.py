@@ -66,7 +66,8 @@ def parse_space(params: dict[str, str]) -> tuple[dict[str, BaseDistribution], di
                 problems.append(f"search space {key}={expr}: choice of {len(d.choices)} value(s); "
                                 "a search needs at least two")
     if problems:
-        raise SweepConfigError("bad search space (hydra.sweeper.params or a sweep on the command line):\n  - " + "\n  - ".join(problems))
+        raise SweepConfigError("bad search space (hydra.sweeper.params or a sweep on the command line):\n  - "
+                               + "\n  - ".join(problems))
     if not params:
         raise SweepConfigError("empty search space: set hydra.sweeper.params (e.g. in conf/hparams_search/*.yaml)")
     return create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
@@ -139,7 +140,8 @@ class StudyTracker:
         from recsys.tracking import init_store, normalise_uri
 
         self.uri = normalise_uri(str(cfg.tracking.uri))
-        self.exp_id = init_store(self.uri, str(cfg.tracking.experiment), OmegaConf.select(cfg, "tracking.artifact_location"))
+        self.exp_id = init_store(self.uri, str(cfg.tracking.experiment),
+                                 OmegaConf.select(cfg, "tracking.artifact_location"))
         self.client = MlflowClient(self.uri)
         self.study_name = study_name
         q = study_name.replace("'", "\\'")
@@ -164,7 +166,8 @@ class StudyTracker:
         if not runs:
             return None
         rid = runs[0].info.run_id
-        for k, v in {STUDY_TAG: self.study_name, "optuna_trial": trial.number, "mlflow.parentRunId": self.parent_id}.items():
+        tags = {STUDY_TAG: self.study_name, "optuna_trial": trial.number, "mlflow.parentRunId": self.parent_id}
+        for k, v in tags.items():
             self.client.set_tag(rid, k, str(v))
         return rid
 

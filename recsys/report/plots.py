@@ -113,7 +113,7 @@ LATENCY_RE = re.compile(r"^final/latency_(?:(?P<name>[a-z0-9_]+)_)?p50_ms$")
 
 
 def latency_backends(columns: Sequence[str]) -> dict[str, str]:
-    """``final/latency[_<backend>][_full]_p50_ms`` metric keys -> labels ("eager 1×candidates", "onnx full-catalogue")."""
+    """``final/latency[_<backend>][_full]_p50_ms`` keys -> labels ("eager 1 user × candidates", "onnx full-catalogue")."""
     out = {}
     for c in columns:
         m = LATENCY_RE.match(c)
