@@ -20,6 +20,7 @@ from recsys import checks, tracking
 from recsys.compress.base import CompressContext, configured
 from recsys.errors import ConfigError
 from recsys.export.artifact import artifact_meta, check_same_scores, load_artifact, save_artifact
+from recsys.export.lowrank import with_structure
 from recsys.measure.size import count_params
 from recsys.models import build_model
 from recsys.tasks.base import TaskFamily, get_family
@@ -92,8 +93,12 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Modul
     """The trained dense model: from the cache keyed by (data, model, train, seed), else trained (once, under a lock)."""
     family = get_family(cfg.model.task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), family.data_summary(data)[0],
-                    model_cfg, OmegaConf.to_container(cfg.train, resolve=True), cfg.seed)
+    data_tags = family.data_summary(data)[0]
+    # Keys set to null mean "not used" (e.g. train.patience), so adding an optional key keeps existing caches valid;
+    # use_cache=false retrains and refreshes the same entry.
+    train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
+                 if v is not None and k != "use_cache"}
+    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, model_cfg, train_cfg, cfg.seed)
     path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):
@@ -112,7 +117,7 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Modul
         else:
             info.update(train_model(model, data, cfg, "dense", logger))
         info["cache_hit"] = 0.0
-        save_artifact(model, path, meta={"train_info": info, "key": key})
+        save_artifact(model, path, meta={"train_info": info, "key": key, **data_tags, "model": cfg.model.name})
         return model, info
 
 
@@ -143,6 +148,11 @@ def export_and_measure(model: torch.nn.Module, data: Any, cfg: DictConfig, famil
     reloaded = load_artifact(path)
     check_same_scores(model, reloaded, *family.example_inputs(data))
     lat = family.latency(reloaded, data, cfg)
+    extra = [b for b in (cfg.bench.get("backends") or ["eager"]) if b != "eager"]
+    if extra:  # the same reloaded artifact on other runtimes: <metric>_<backend> (recsys.export.onnx_backend)
+        from recsys.export.onnx_backend import backend_metrics
+
+        lat.update(backend_metrics(reloaded, extra, family, data, cfg, out_dir, name))
     return {"artifact_bytes": float(nbytes), **count_params(reloaded), **lat}, path
 
 
@@ -218,6 +228,8 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         tr.log_params(OmegaConf.to_container(cfg, resolve=True))
         tr.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tr.log_metrics(data_metrics)
+        tr.set_tags({"latency_backend": "pytorch-eager",
+                     "bench_backends": ",".join(cfg.bench.get("backends") or ["eager"])})
         logger = make_logger(cfg, tr)
         dense, info = dense_model(cfg, data, logger)
         rows: dict[str, dict[str, float]] = {"dense": {**info, **family.evaluate(dense, data, cfg)}}
@@ -228,6 +240,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         model, ctx = compress_and_finetune(dense, data, cfg, family, logger, rows)
         last = list(rows)[-1]
         if ctx is not None:
+            ctx.artifact_format = with_structure(model, ctx.artifact_format)  # low-rank factors around any encoding
             measured, path = export_and_measure(model, data, cfg, family, "compressed", out_dir, fmt=ctx.artifact_format)
             rows[last].update(measured)
             rows[last].update(ctx.metrics)
