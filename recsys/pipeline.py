@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,12 @@ def train_model(model: torch.nn.Module, data: Any, cfg: DictConfig, stage: str, 
     dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
     Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
     ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
-    info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger,
-               callbacks=list(callbacks), ckpt_dir=ckpt, monitor=f"{stage}/epoch_{family.monitor}",
-               select_best=select_best, patience=cfg.train.get("patience") if select_best else None)
+    try:
+        info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True),
+                   logger=logger, callbacks=list(callbacks), ckpt_dir=ckpt, monitor=f"{stage}/epoch_{family.monitor}",
+                   select_best=select_best, patience=cfg.train.get("patience") if select_best else None)
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)  # the best weights are back in the model; the file is not needed
     n = family.samples_per_epoch(data, cfg, data_fraction) * info["epochs_run"]
     info["samples_per_s"] = n / max(info["train_seconds"], 1e-9)
     info["seconds_per_epoch"] = info["train_seconds"] / max(info["epochs_run"], 1.0)
