@@ -77,7 +77,7 @@ def _model_checks(cfg: Mapping[str, Any]) -> list[str]:
         if not isinstance(layers, (list, tuple)) or not layers or not all(
                 isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in layers):
             errs.append(f"model.mlp_layers={layers!r}: must be a non-empty list of positive integers, e.g. [128,64,32]")
-        elif layers[0] % 2:
+        elif layers[0] % 2 and str(m.get("_target_", "")).startswith("recsys.models.ncf."):
             errs.append(f"model.mlp_layers={layers!r}: the first size is the concatenated user+item embedding and must "
                         "be even")
     if "dropout" in m:

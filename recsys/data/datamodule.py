@@ -1,0 +1,138 @@
+"""LightningDataModule for implicit ranking (NCF protocol): pointwise training batches, sampled-candidate evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from recsys.data.sampling import sample_train_negatives
+from recsys.data.splits import ImplicitSplit
+from recsys.errors import ConfigError
+
+
+class TrainEpochs(IterableDataset):
+    """Each ``__iter__`` is one epoch: fresh negatives, a shuffle seeded by (seed, epoch), contiguous batches.
+
+    Yields ``(users LongTensor[b], items LongTensor[b], labels FloatTensor[b])``. Use with ``num_workers=0``: the
+    epoch counter lives in this object (or call :meth:`set_epoch`).
+    """
+
+    def __init__(self, split: ImplicitSplit, batch_size: int, num_negatives: int, seed: int,
+                 data_fraction: float = 1.0):
+        self.users = split.train_users
+        self.items = split.train_items
+        self.indptr, self.indices = split.train_csr()
+        self.n_items = split.n_items
+        self.batch_size = int(batch_size)
+        self.num_negatives = int(num_negatives)
+        self.seed = int(seed)
+        self.data_fraction = float(data_fraction)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``__iter__`` produce epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def n_positives(self) -> int:
+        """Positives used per epoch (after ``data_fraction``)."""
+        n = len(self.users)
+        return n if self.data_fraction >= 1.0 else max(1, int(round(self.data_fraction * n)))
+
+    def n_examples(self) -> int:
+        """Examples per epoch: each positive plus its negatives."""
+        return self.n_positives() * (1 + self.num_negatives)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_examples() / self.batch_size)
+
+    def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shuffled (users, items, labels) of one epoch, as whole tensors."""
+        rng = np.random.default_rng([self.seed, epoch])
+        users, items = self.users, self.items
+        n_pos = self.n_positives()
+        if n_pos < len(users):
+            pick = np.sort(rng.choice(len(users), size=n_pos, replace=False))
+            users, items = users[pick], items[pick]
+        negs = sample_train_negatives(users, self.indptr, self.indices, self.n_items, self.num_negatives, rng)
+        all_users = torch.from_numpy(np.concatenate([users, np.repeat(users, self.num_negatives)]))
+        all_items = torch.from_numpy(np.concatenate([items, negs]))
+        labels = torch.zeros(len(all_users), dtype=torch.float32)
+        labels[:n_pos] = 1.0
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(all_users), generator=gen)
+        return all_users[perm], all_items[perm], labels[perm]
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        users, items, labels = self.epoch_tensors(epoch)
+        for start in range(0, len(users), self.batch_size):
+            end = start + self.batch_size
+            yield users[start:end], items[start:end], labels[start:end]
+
+
+class EvalBatches(IterableDataset):
+    """Batches of ``(users LongTensor[b], candidates LongTensor[b, 1 + n_neg])``; column 0 is the positive."""
+
+    def __init__(self, users: np.ndarray, positives: np.ndarray, negatives: np.ndarray, batch_size: int):
+        self.users = torch.as_tensor(np.asarray(users, dtype=np.int64))
+        self.candidates = torch.as_tensor(np.concatenate(
+            [np.asarray(positives, dtype=np.int64)[:, None], np.asarray(negatives, dtype=np.int64)], axis=1))
+        self.batch_size = int(batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.users), self.batch_size):
+            yield self.users[start:start + self.batch_size], self.candidates[start:start + self.batch_size]
+
+
+class RankingDataModule(L.LightningDataModule):
+    """Training (fresh negatives each epoch) and sampled-candidate val/test loaders over an :class:`ImplicitSplit`."""
+
+    def __init__(self, split: ImplicitSplit, batch_size: int = 256, num_negatives: int = 4, seed: int = 0,
+                 eval_batch_users: int = 1024, data_fraction: float = 1.0):
+        super().__init__()
+        if batch_size < 1 or eval_batch_users < 1:
+            raise ConfigError(f"batch sizes must be >= 1 (train.batch_size={batch_size}, "
+                              f"eval_batch_users={eval_batch_users}).")
+        if num_negatives < 0:
+            raise ConfigError(f"train.num_negatives must be >= 0, got {num_negatives}.")
+        if not 0.0 < data_fraction <= 1.0:
+            raise ConfigError(f"data_fraction must be in (0, 1], got {data_fraction} (finetune.data_fraction).")
+        self.split = split
+        self.batch_size = batch_size
+        self.num_negatives = num_negatives
+        self.seed = seed
+        self.eval_batch_users = eval_batch_users
+        self.data_fraction = data_fraction
+        self.train_data = TrainEpochs(split, batch_size, num_negatives, seed, data_fraction)
+        self.val_data = EvalBatches(split.val_users, split.val_items, split.val_negatives, eval_batch_users)
+        self.test_data = EvalBatches(split.test_users, split.test_items, split.test_negatives, eval_batch_users)
+
+    @property
+    def n_users(self) -> int:
+        """Number of user indices (embedding rows)."""
+        return self.split.n_users
+
+    @property
+    def n_items(self) -> int:
+        """Number of item indices (embedding rows)."""
+        return self.split.n_items
+
+    def train_dataloader(self) -> DataLoader:
+        """Pre-batched training loader; each iteration is a new epoch with fresh negatives."""
+        return DataLoader(self.train_data, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation users with their held-out positive (column 0) and sampled negatives."""
+        return DataLoader(self.val_data, batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test users with their test positive (column 0) and negatives."""
+        return DataLoader(self.test_data, batch_size=None)

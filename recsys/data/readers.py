@@ -1,0 +1,150 @@
+"""Readers for the public interaction formats; each returns a DataFrame with ``user``, ``item`` (raw ids) and,
+when the format has them, ``rating`` and ``timestamp``."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from recsys.data.sources import DataNotFoundError, find_file
+from recsys.errors import ConfigError
+
+MOVIELENS_RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+_COLS = ["user", "item", "rating", "timestamp"]
+
+
+def _read_text(path: Path, encoding: str = "latin-1") -> str:
+    """File contents as text, transparently gunzipping ``*.gz``."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            return f.read().decode(encoding)
+    return path.read_text(encoding=encoding)
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"user": df["user"].to_numpy(), "item": df["item"].to_numpy()})
+    if "rating" in df:
+        out["rating"] = df["rating"].to_numpy(dtype=np.float32)
+    if "timestamp" in df:
+        out["timestamp"] = df["timestamp"].to_numpy(dtype=np.int64)
+    return out
+
+
+def movielens_ratings_path(folder: str | os.PathLike) -> Path:
+    """The ratings file of a GroupLens folder (``u.data``, ``ratings.dat[.gz]`` or ``ratings.csv[.gz]``)."""
+    folder = Path(folder)
+    path = find_file(folder, "|".join(MOVIELENS_RATINGS_FILES))
+    if path is None:
+        raise DataNotFoundError(f"No MovieLens ratings file in {folder}: expected one of "
+                                + ", ".join(f"{n}[.gz]" for n in MOVIELENS_RATINGS_FILES) + ".")
+    return path
+
+
+def read_movielens(name: str, folder: str | os.PathLike) -> pd.DataFrame:
+    """Ratings of a GroupLens MovieLens release (ml-100k ``u.data``, ml-1m ``ratings.dat``, ml-20m+ ``ratings.csv``)."""
+    path = movielens_ratings_path(folder)
+    base = path.name.removesuffix(".gz")
+    if base == "u.data":
+        df = pd.read_csv(path, sep="\t", header=None, names=_COLS, engine="c")
+    elif base == "ratings.dat":
+        # '::' would force pandas' slow python engine; swap it for a tab and use the C parser.
+        text = _read_text(path).replace("::", "\t")
+        df = pd.read_csv(io.StringIO(text), sep="\t", header=None, names=_COLS, engine="c")
+    else:
+        df = pd.read_csv(path, encoding="latin-1")
+        df = df.rename(columns={"userId": "user", "movieId": "item"})
+        missing = [c for c in _COLS if c not in df.columns]
+        if missing:
+            raise ConfigError(f"{path} ({name}): missing columns {missing}; found {list(df.columns)}.")
+    return _typed(df)
+
+
+def read_csv_interactions(path: str | os.PathLike, user_col: str, item_col: str, time_col: str | None = None,
+                          rating_col: str | None = None, sep: str = "\t", header: bool = True) -> pd.DataFrame:
+    """A user's own CSV/TSV interaction log; columns are names (``header=True``) or 0-based positions."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"Interaction file not found: {path}.")
+    wanted = {"user": user_col, "item": item_col, "timestamp": time_col, "rating": rating_col}
+    if header:
+        df = pd.read_csv(path, sep=sep, encoding="latin-1", engine="c" if len(sep) == 1 else "python")
+    else:
+        df = pd.read_csv(path, sep=sep, header=None, encoding="latin-1", engine="c" if len(sep) == 1 else "python")
+        df.columns = [str(c) for c in df.columns]
+        wanted = {k: (None if v is None else str(v)) for k, v in wanted.items()}
+    out = {}
+    for key, col in wanted.items():
+        if col is None:
+            continue
+        if col not in df.columns:
+            raise ConfigError(f"{path}: column '{col}' (for {key}) not found; columns found: {list(df.columns)} "
+                              f"(separator {sep!r}, header={header}).")
+        out[key] = df[col]
+    return _typed(pd.DataFrame(out))
+
+
+class NCFData(NamedTuple):
+    """The NCF paper's files: train/test DataFrames and the (n_test, n_neg) test negatives aligned with test rows."""
+
+    train: pd.DataFrame | None
+    test: pd.DataFrame
+    negatives: np.ndarray
+
+    @property
+    def n_test_item_in_negatives(self) -> int:
+        """Rows whose negatives contain the user's own test item (156 in the real ml-1m.test.negative)."""
+        return count_test_item_in_negatives(self.test["item"].to_numpy(), self.negatives)
+
+
+def count_test_item_in_negatives(test_items: np.ndarray, negatives: np.ndarray) -> int:
+    """Number of rows of ``negatives`` that contain that row's test item."""
+    return int((negatives == np.asarray(test_items)[:, None]).any(axis=1).sum())
+
+
+def _ncf_path(folder: Path, prefix: str, suffix: str) -> Path:
+    name = f"{prefix}.{suffix}"
+    path = find_file(folder, name)
+    if path is None:
+        raise DataNotFoundError(f"NCF file '{name}' not found in {folder} (expected {prefix}.train.rating, "
+                                f"{prefix}.test.rating, {prefix}.test.negative from the NCF repository's Data/ folder).")
+    return path
+
+
+def _read_rating(path: Path) -> pd.DataFrame:
+    return _typed(pd.read_csv(path, sep="\t", header=None, names=_COLS, engine="c"))
+
+
+def read_ncf_test(folder: str | os.PathLike, prefix: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """``<prefix>.test.rating`` and ``<prefix>.test.negative``, checked to be aligned row by row."""
+    folder = Path(folder)
+    test = _read_rating(_ncf_path(folder, prefix, "test.rating"))
+    neg_path = _ncf_path(folder, prefix, "test.negative")
+    lines = [ln for ln in _read_text(neg_path).splitlines() if ln.strip()]
+    heads, rows = [], []
+    for ln in lines:
+        head, _, rest = ln.partition("\t")
+        heads.append(head.strip("()").split(","))
+        rows.append(rest.split())
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ConfigError(f"{neg_path}: rows have different numbers of negatives {sorted(widths)}.")
+    negatives = np.array(rows, dtype=np.int64)
+    pairs = np.array(heads, dtype=np.int64)
+    if len(pairs) != len(test) or not (np.array_equal(pairs[:, 0], test["user"].to_numpy())
+                                       and np.array_equal(pairs[:, 1], test["item"].to_numpy())):
+        raise ConfigError(f"{neg_path} is not aligned with {prefix}.test.rating: the (user,item) heads differ.")
+    return test, negatives
+
+
+def read_ncf(folder: str | os.PathLike, prefix: str) -> NCFData:
+    """The NCF paper's ``<prefix>.train.rating``, ``.test.rating`` and ``.test.negative`` (kept exactly as published)."""
+    folder = Path(folder)
+    train_path = _ncf_path(folder, prefix, "train.rating")
+    test, negatives = read_ncf_test(folder, prefix)
+    return NCFData(_read_rating(train_path), test, negatives)

@@ -1,0 +1,119 @@
+"""Vectorised negative samplers (numpy): training negatives per positive, evaluation candidates per user."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.errors import ConfigError
+
+# Below this many user x item cells a dense boolean mask is used for membership tests (22 MB for ML-1M);
+# above it, a binary search over sorted (user * n_items + item) keys.
+_DENSE_CELLS = 64_000_000
+
+
+def csr_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of the unique (user, item) pairs, each user's items sorted ascending."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    order = np.lexsort((items, users))
+    u, i = users[order], items[order]
+    if len(u):
+        keep = np.ones(len(u), dtype=bool)
+        keep[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+        u, i = u[keep], i[keep]
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=n_users), out=indptr[1:])
+    return indptr, i.astype(np.int64)
+
+
+class _Membership:
+    """Vectorised "is (user, item) a positive?" over a CSR."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, n_items: int):
+        n_users = len(indptr) - 1
+        self.n_items = n_items
+        rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
+        if n_users * n_items <= _DENSE_CELLS:
+            self.mask = np.zeros(n_users * n_items, dtype=bool)
+            self.mask[rows * n_items + indices] = True
+            self.keys = None
+        else:
+            self.mask = None
+            self.keys = np.sort(rows * n_items + indices)
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users * self.n_items + items
+        if self.mask is not None:
+            return self.mask[q]
+        if len(self.keys) == 0:
+            return np.zeros(q.shape, dtype=bool)
+        pos = np.searchsorted(self.keys, q)
+        np.minimum(pos, len(self.keys) - 1, out=pos)
+        return self.keys[pos] == q
+
+
+def sample_train_negatives(users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_items: int,
+                           num_negatives: int, rng: np.random.Generator) -> np.ndarray:
+    """``num_negatives`` uniform items per entry of ``users`` (with replacement), none a train positive of that user.
+
+    Returns shape ``(len(users) * num_negatives,)``, laid out like ``np.repeat(users, num_negatives)``.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    counts = np.diff(indptr)
+    if len(users) and counts[users].max(initial=0) >= n_items:
+        raise ConfigError("A user has interacted with every item: no negatives can be sampled for them.")
+    is_pos = _Membership(indptr, indices, n_items)
+    rep = np.repeat(users, num_negatives)
+    neg = rng.integers(0, n_items, size=len(rep), dtype=np.int64)
+    bad = np.flatnonzero(is_pos(rep, neg))
+    while len(bad):
+        neg[bad] = rng.integers(0, n_items, size=len(bad), dtype=np.int64)
+        bad = bad[is_pos(rep[bad], neg[bad])]
+    return neg
+
+
+def _row_duplicates(cand: np.ndarray) -> np.ndarray:
+    """Mask of entries equal to an earlier (in stable sort order) entry of the same row."""
+    order = np.argsort(cand, axis=1, kind="stable")
+    s = np.take_along_axis(cand, order, axis=1)
+    dup_sorted = np.zeros_like(s, dtype=bool)
+    dup_sorted[:, 1:] = s[:, 1:] == s[:, :-1]
+    dup = np.zeros_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    return dup
+
+
+def sample_eval_negatives(users: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_items: int,
+                          n_neg: int, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
+    """``(len(users), n_neg)`` items per row, uniform WITHOUT replacement among items the user never interacted with.
+
+    ``indptr``/``indices`` must hold ALL positives (every split). Bulk rejection sampling: draw every row at once,
+    then redraw only the entries that hit a positive or repeat an item of their row; rows still incomplete after
+    ``max_rounds`` (tiny candidate pools) are drawn exactly from their explicit complement. Reproducible for a seed.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    m = len(users)
+    if m == 0:
+        return np.zeros((0, n_neg), dtype=np.int64)
+    pool = n_items - np.diff(indptr)[users]
+    if pool.min() < n_neg:
+        raise ConfigError(f"num_eval_negatives={n_neg} but a user has only {int(pool.min())} items they never "
+                          f"interacted with; lower num_eval_negatives.")
+    is_pos = _Membership(indptr, indices, n_items)
+    cand = rng.integers(0, n_items, size=(m, n_neg), dtype=np.int64)
+    rows = np.arange(m)
+    bad = is_pos(np.repeat(users, n_neg).reshape(m, n_neg), cand) | _row_duplicates(cand)
+    todo = rows[bad.any(axis=1)]
+    for _ in range(max_rounds):
+        if len(todo) == 0:
+            break
+        sub, sub_bad = cand[todo], bad[todo]
+        sub[sub_bad] = rng.integers(0, n_items, size=int(sub_bad.sum()), dtype=np.int64)
+        sub_bad = is_pos(np.repeat(users[todo], n_neg).reshape(len(todo), n_neg), sub) | _row_duplicates(sub)
+        cand[todo], bad[todo] = sub, sub_bad
+        todo = todo[sub_bad.any(axis=1)]
+    for r in todo:  # only rows whose pool is nearly exhausted
+        u = users[r]
+        allowed = np.setdiff1d(np.arange(n_items), indices[indptr[u]:indptr[u + 1]])
+        cand[r] = rng.choice(allowed, size=n_neg, replace=False)
+    return cand

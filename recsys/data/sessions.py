@@ -1,0 +1,302 @@
+"""Session data for next-item models (GRU4Rec): session click logs, MovieLens sequences by timestamp, and the
+session-parallel mini-batch iterator of Hidasi et al. (2016).
+
+Data config (``conf/data/*.yaml``) for ``format: sessions`` — unknown keys are rejected:
+
+================ =====================================================================================================
+``name``         str, required.
+``format``       ``sessions`` (tab-separated click logs with a header, e.g. the GRU4Rec/session-rec YooChoose files).
+``source``       folder under the data root.
+``train_file``   training clicks; ``test_file``: test clicks (required); ``val_file``: optional validation clicks
+                 (without it, the last ``val_fraction`` of training sessions by start time are held out for validation).
+``session_col``  / ``item_col`` / ``time_col``: column names (defaults SessionId / ItemId / Time).
+``sep``          field separator (default tab); ``header``: whether the files have a header row (default true).
+``val_fraction`` float in (0, 1), default 0.05 (only used without ``val_file``).
+================ =====================================================================================================
+
+Rules (as the official GRU4Rec evaluation): clicks are ordered by (session, time); test/validation clicks on items never
+seen in training are dropped, then sessions shorter than 2 clicks are dropped. Every click after a session's first is a
+prediction target.
+
+MovieLens ``movielens`` / ``csv`` (with ``time_col``) data become one sequence per user ordered by (timestamp, item):
+the last item is the test target, the one before it the validation target (users with >= 3 ratings), the rest trains.
+Data without an order (``csv`` without ``time_col``, ``ncf``) cannot feed a sequence model: :func:`order_problem` says so.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import IterableDataset
+
+from recsys.data.config import parse_data_cfg
+from recsys.data.readers import read_csv_interactions, read_movielens
+from recsys.data.sources import resolve_files, sha256_files
+from recsys.errors import ConfigError
+
+SESSION_KEYS = {"name": None, "format": None, "source": None, "train_file": None, "test_file": None, "val_file": None,
+                "session_col": "SessionId", "item_col": "ItemId", "time_col": "Time", "sep": "\t", "header": True,
+                "val_fraction": 0.05}
+INFO_KEYS = frozenset({"description", "family", "task"})
+
+
+@dataclass(eq=False)
+class Sessions:
+    """Sequences in CSR form: session s is ``items[offsets[s]:offsets[s+1]]``; ``targets`` marks clicks to predict."""
+
+    offsets: np.ndarray
+    items: np.ndarray
+    targets: np.ndarray   # bool per click: predict this click from the clicks before it in its session
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.targets.sum())
+
+
+@dataclass(eq=False)
+class SessionData:
+    """Train / validation / test sequences over item indices 0..n_items-1 (``item_ids`` maps back to raw ids)."""
+
+    name: str
+    checksum: str
+    n_items: int
+    item_ids: np.ndarray
+    train: Sessions
+    val: Sessions
+    test: Sessions
+    dropped_test_events: int = 0
+
+    def item_counts(self) -> np.ndarray:
+        """Training click count of each item (popularity, for negative sampling)."""
+        return np.bincount(self.train.items, minlength=self.n_items)
+
+
+def _sessions_from_frame(sess: np.ndarray, items: np.ndarray, times: np.ndarray, min_len: int = 2,
+                         target_rule: str = "all", tiebreak: np.ndarray | None = None) -> Sessions:
+    """CSR sessions from parallel columns sorted by (session, time, tiebreak = row order by default); drops sessions
+    shorter than ``min_len``."""
+    order = np.lexsort((np.arange(len(sess)) if tiebreak is None else tiebreak, times, sess))
+    sess, items = sess[order], items[order]
+    starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]]) if len(sess) else np.zeros(0, dtype=np.int64)
+    lengths = np.diff(np.r_[starts, len(sess)])
+    keep = lengths >= min_len
+    idx = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[keep], lengths[keep])]) if keep.any() else \
+        np.zeros(0, dtype=np.int64)
+    lengths = lengths[keep]
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    targets = np.ones(len(idx), dtype=bool)
+    targets[offsets[:-1]] = False          # a session's first click has nothing before it
+    if target_rule == "last":              # only the last click of each sequence is predicted
+        targets[:] = False
+        targets[offsets[1:] - 1] = True
+    return Sessions(offsets, items[idx].astype(np.int64), targets)
+
+
+def parse_session_cfg(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check keys and values of a ``format: sessions`` data config (no I/O); defaults filled in."""
+    raw = dict(data_cfg)
+    unknown = sorted(k for k in raw if k not in SESSION_KEYS and k not in INFO_KEYS)
+    if unknown:
+        raise ConfigError(f"data config (format sessions): unknown key(s) {unknown}; allowed keys: "
+                          f"{sorted(SESSION_KEYS)}.")
+    cfg = {k: (raw[k] if raw.get(k) is not None else v) for k, v in SESSION_KEYS.items()}
+    for key in ("name", "source", "train_file", "test_file"):
+        if not cfg[key]:
+            raise ConfigError(f"data config (format sessions): missing required key 'data.{key}'.")
+    vf = cfg["val_fraction"]
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < vf < 1.0:
+        raise ConfigError(f"data.val_fraction={vf!r}: must be a number in (0, 1).")
+    return cfg
+
+
+def order_problem(data_cfg: Mapping[str, Any], model_name: str) -> str | None:
+    """Why ``model_name`` cannot read ``data_cfg`` as ordered sequences, or None when it can."""
+    fmt, name = data_cfg.get("format"), data_cfg.get("name")
+    if fmt == "sessions" or fmt == "movielens" or (fmt == "csv" and data_cfg.get("time_col") is not None):
+        return None
+    why = "it has no time column (data.time_col is null)" if fmt == "csv" else f"format {fmt!r} carries no click order"
+    return (f"model={model_name} needs ordered interactions (session logs or timestamps), but data={name} has no "
+            f"order: {why}. Use data=yoochoose, data=ml-100k or data=ml-1m-half, or a csv with data.time_col set.")
+
+
+def _read_log(path: Any, cfg: Mapping[str, Any]) -> pd.DataFrame:
+    cols = [cfg["session_col"], cfg["item_col"], cfg["time_col"]]
+    df = pd.read_csv(path, sep=cfg["sep"], header=0 if cfg["header"] else None, engine="c")
+    if not cfg["header"]:
+        df.columns = [str(c) for c in df.columns]
+        cols = [str(c) for c in cols]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: column(s) {missing} not found; columns found: {list(df.columns)} "
+                          f"(data.session_col / item_col / time_col).")
+    return pd.DataFrame({"session": df[cols[0]].to_numpy(), "item": df[cols[1]].to_numpy(),
+                         "time": df[cols[2]].to_numpy(dtype=np.float64)})
+
+
+def _encode(df: pd.DataFrame, item_ids: np.ndarray) -> tuple[pd.DataFrame, int]:
+    """Map raw item ids to indices; drop clicks on items unknown to training. Returns (frame, dropped count)."""
+    pos = np.searchsorted(item_ids, df["item"].to_numpy())
+    pos = np.clip(pos, 0, len(item_ids) - 1)
+    known = item_ids[pos] == df["item"].to_numpy()
+    out = df[known].copy()
+    out["item"] = pos[known]
+    return out, int((~known).sum())
+
+
+def load_session_log(cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:
+    """Train/val/test sessions from tab-separated click logs (``format: sessions``)."""
+    required = [cfg["train_file"], cfg["test_file"]] + ([cfg["val_file"]] if cfg["val_file"] else [])
+    folder = resolve_files(cfg["source"], data_dir, cache_dir, required)
+    train = _read_log(folder / cfg["train_file"], cfg)
+    if cfg["val_file"]:
+        val = _read_log(folder / cfg["val_file"], cfg)
+    else:  # hold out the sessions that start last
+        start = train.groupby("session")["time"].min().sort_values(kind="stable")
+        held = set(start.index[int(len(start) * (1 - cfg["val_fraction"])):])
+        is_val = train["session"].isin(held).to_numpy()
+        train, val = train[~is_val], train[is_val]
+    item_ids = np.unique(train["item"].to_numpy())
+    tr, _ = _encode(train, item_ids)
+    va, _ = _encode(val, item_ids)
+    te, dropped = _encode(_read_log(folder / cfg["test_file"], cfg), item_ids)
+    mk = lambda d: _sessions_from_frame(d["session"].to_numpy(), d["item"].to_numpy(), d["time"].to_numpy())  # noqa: E731
+    return SessionData(cfg["name"], sha256_files(folder / f for f in required), len(item_ids), item_ids, mk(tr),
+                       mk(va), mk(te), dropped)
+
+
+def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:
+    """One sequence per user ordered by (timestamp, item): last item = test target, the one before = validation."""
+    cfg = parse_data_cfg(data_cfg)
+    folder = resolve_files(cfg.source, data_dir, cache_dir, cfg.required_files())
+    if cfg.format == "movielens":
+        df = read_movielens(cfg.source, folder)
+    else:
+        df = read_csv_interactions(folder / cfg.train_file, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col,
+                                   cfg.sep, cfg.header)
+    if cfg.min_rating is not None:
+        df = df[df["rating"] >= cfg.min_rating]
+    item_ids = np.unique(df["item"].to_numpy())
+    users, items = df["user"].to_numpy(), np.searchsorted(item_ids, df["item"].to_numpy())
+    t = df["timestamp"].to_numpy().astype(np.float64)
+    full = _sessions_from_frame(users, items, t, min_len=3, target_rule="last", tiebreak=items)
+    lengths = np.diff(full.offsets)
+    cut = lambda k: np.concatenate([full.items[s:e - k] for s, e in zip(full.offsets[:-1], full.offsets[1:])])  # noqa
+    off = lambda k: np.r_[0, np.cumsum(lengths - k)].astype(np.int64)  # noqa: E731
+    train = Sessions(off(2), cut(2), np.ones(int((lengths - 2).sum()), dtype=bool))
+    train.targets[train.offsets[:-1]] = False
+    val_off = off(1)
+    val_t = np.zeros(val_off[-1], dtype=bool)
+    val_t[val_off[1:] - 1] = True
+    val = Sessions(val_off, cut(1), val_t)
+    checksum = sha256_files([p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] in
+                             ("u", "ratings", str(cfg.train_file).split(".")[0])])
+    return SessionData(cfg.name, checksum, len(item_ids), item_ids, train, val, full)
+
+
+def load_session_data(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:
+    """Sessions for any ordered data config (``sessions``, ``movielens``, ``csv`` with ``time_col``)."""
+    if data_cfg.get("format") == "sessions":
+        return load_session_log(parse_session_cfg(data_cfg), data_dir, cache_dir)
+    problem = order_problem(data_cfg, "gru4rec")
+    if problem:
+        raise ConfigError(problem)
+    return load_user_sequences(data_cfg, data_dir, cache_dir)
+
+
+class SessionParallelBatches(IterableDataset):
+    """Session-parallel mini-batches (Hidasi et al. 2016, Sec. 3.1.1): ``batch_size`` sessions side by side.
+
+    Each step yields ``(inputs, targets, reset, negatives)``: the current click of every slot, the click after it, a bool
+    mask of slots whose hidden state must be zeroed *before* this step (a new session started there), and ``n_sample``
+    extra negatives drawn with probability proportional to popularity^``sample_alpha``. When a slot's session has no
+    next click, the next unused session takes the slot. The epoch ends when a finished slot cannot be refilled (as the
+    official implementation does). Each ``__iter__`` is one epoch; ``data_fraction`` < 1 uses a random subset of
+    sessions (drawn from (seed, epoch)), kept in their original order.
+    """
+
+    def __init__(self, sessions: Sessions, batch_size: int, n_items: int, n_sample: int = 0, sample_alpha: float = 0.75,
+                 seed: int = 0, data_fraction: float = 1.0, item_counts: np.ndarray | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"model.batch_size={batch_size!r}: must be a positive integer (sessions per batch).")
+        if not 0.0 < data_fraction <= 1.0:
+            raise ConfigError(f"data_fraction must be in (0, 1], got {data_fraction} (finetune.data_fraction).")
+        self.s, self.n_items, self.n_sample = sessions, n_items, int(n_sample)
+        self.seed, self.data_fraction, self.epoch = int(seed), float(data_fraction), 0
+        lengths = np.diff(sessions.offsets)
+        self.usable = np.flatnonzero(lengths >= 2)
+        self.batch_size = int(min(batch_size, max(1, len(self.usable))))
+        counts = item_counts if item_counts is not None else np.bincount(sessions.items, minlength=n_items)
+        p = counts.astype(np.float64) ** sample_alpha
+        self.cdf = np.cumsum(p / p.sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def sessions_for(self, epoch: int) -> np.ndarray:
+        """Indices of the sessions used in ``epoch``, in order."""
+        if self.data_fraction >= 1.0:
+            return self.usable
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
+        return np.sort(rng.choice(self.usable, size=min(k, len(self.usable)), replace=False))
+
+    def plan(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(click positions, reset mask) of every step of ``epoch`` (index arithmetic only)."""
+        order = self.sessions_for(epoch)
+        off = self.s.offsets
+        b = self.batch_size
+        cur, end = off[order[:b]].copy(), off[order[:b] + 1].copy()
+        nxt, reset = b, np.ones(b, dtype=bool)
+        while True:
+            yield cur.copy(), reset.copy()
+            cur += 1
+            done = np.flatnonzero(cur + 1 >= end)
+            if len(done) > len(order) - nxt:
+                return
+            reset[:] = False
+            new = order[nxt:nxt + len(done)]
+            cur[done], end[done], reset[done] = off[new], off[new + 1], True
+            nxt += len(done)
+
+    def n_steps(self, epoch: int = 0) -> int:
+        """Steps (of ``batch_size`` events each) in ``epoch``."""
+        return sum(1 for _ in self.plan(epoch))
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, epoch])
+        items = torch.from_numpy(self.s.items)
+        for pos, reset in self.plan(epoch):
+            p = torch.from_numpy(pos)
+            neg = np.searchsorted(self.cdf, rng.random(self.n_sample)).clip(max=self.n_items - 1)
+            yield items[p], items[p + 1], torch.from_numpy(reset), torch.from_numpy(neg.astype(np.int64))
+
+
+def padded(sessions: Sessions, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items (b, L) right-padded with 0, lengths (b,), targets mask (b, L)) of the given sessions."""
+    off = sessions.offsets
+    lengths = off[rows + 1] - off[rows]
+    L = int(lengths.max()) if len(rows) else 0
+    seq = np.zeros((len(rows), L), dtype=np.int64)
+    tgt = np.zeros((len(rows), L), dtype=bool)
+    for r, s in enumerate(rows):
+        seq[r, :lengths[r]] = sessions.items[off[s]:off[s + 1]]
+        tgt[r, :lengths[r]] = sessions.targets[off[s]:off[s + 1]]
+    return torch.from_numpy(seq), torch.from_numpy(lengths.astype(np.int64)), torch.from_numpy(tgt)
+
+
+__all__ = ["Sessions", "SessionData", "SessionParallelBatches", "load_session_data", "order_problem",
+           "parse_session_cfg", "padded"]

@@ -1,0 +1,149 @@
+"""DeepFM (Guo et al., IJCAI 2017): a factorisation machine and an MLP that share one embedding per field.
+
+Field kinds: categorical (one id per field), multi-hot (a bag of ids per field, mean-pooled, e.g. a movie's genres) and
+dense (a real value per field, whose embedding is a learned vector scaled by the value, as in the paper).
+
+Two input modes share the same layers, so compression and measurement code never special-case the data:
+
+* **table mode** (Criteo): ``forward(cat, dense)`` with ``cat`` LongTensor[b, n_cat] (per-field ids, 0-based in each field's
+  vocabulary) and ``dense`` FloatTensor[b, n_dense].
+* **user-item mode** (MovieLens): ``forward(users, items)``; the model holds its side-feature tables as integer buffers
+  (``user_table``: the user's categorical fields, ``item_table``: the item's, ``item_bags``: padded multi-hot ids), so it
+  is a user x item scorer like NeuMF and is evaluated by the same ranking protocol. The tables ship in the artifact: a
+  deployed model needs them to score a (user, item) pair.
+
+No Lightning, no I/O here.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _ints(name: str, values: Sequence[int], allow_empty: bool = True) -> list[int]:
+    out = [int(v) for v in values]
+    if (not out and not allow_empty) or any(v <= 0 for v in out):
+        raise ValueError(f"model.{name} must be a list of positive integers, got {list(values)!r}")
+    return out
+
+
+class DeepFM(nn.Module):
+    """logit = w0 + first-order terms + FM pairwise interactions + MLP(concatenated field embeddings)."""
+
+    family = "ctr"
+
+    def __init__(self, field_dims: Sequence[int], n_dense: int = 0, bag_dims: Sequence[int] = (), bag_len: int = 0,
+                 embed_dim: int = 16, mlp_layers: Sequence[int] = (400, 400, 400), dropout: float = 0.0,
+                 n_users: int = 0, n_items: int = 0, n_user_fields: int = 0) -> None:
+        super().__init__()
+        self.field_dims = _ints("field_dims", field_dims)
+        self.bag_dims = _ints("bag_dims", bag_dims)
+        self.n_dense, self.bag_len, self.embed_dim = int(n_dense), int(bag_len), int(embed_dim)
+        self.mlp_layers = _ints("mlp_layers", mlp_layers)
+        if self.embed_dim <= 0:
+            raise ValueError(f"model.embed_dim must be a positive integer, got {embed_dim!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if not self.field_dims and not self.n_dense and not self.bag_dims:
+            raise ValueError("DeepFM needs at least one field (field_dims, n_dense or bag_dims)")
+        self.dropout = float(dropout)
+        self.n_users, self.n_items, self.n_user_fields = int(n_users), int(n_items), int(n_user_fields)
+        n_cat, n_bag = len(self.field_dims), len(self.bag_dims)
+        k = self.embed_dim
+        # One table for all categorical fields (ids shifted by per-field offsets): one lookup per batch instead of one
+        # per field, and one tensor for embedding pruning / quantization to act on.
+        self.register_buffer("offsets", torch.tensor([0] + self.field_dims[:-1], dtype=torch.long).cumsum(0),
+                             persistent=False)
+        self.embedding = nn.Embedding(max(sum(self.field_dims), 1), k)
+        self.linear = nn.Embedding(max(sum(self.field_dims), 1), 1)
+        # Multi-hot fields: id 0 is padding, field f's ids are shifted by 1 + sum of earlier bag vocabularies.
+        self.bag_embedding = nn.Embedding(sum(self.bag_dims) + 1, k, padding_idx=0) if n_bag else None
+        self.bag_linear = nn.Embedding(sum(self.bag_dims) + 1, 1, padding_idx=0) if n_bag else None
+        self.register_buffer("bag_offsets", torch.tensor([1] + self.bag_dims[:-1], dtype=torch.long).cumsum(0)
+                             if n_bag else torch.zeros(0, dtype=torch.long), persistent=False)
+        self.dense_embedding = nn.Parameter(torch.randn(self.n_dense, k) * 0.01) if self.n_dense else None
+        self.dense_linear = nn.Linear(self.n_dense, 1, bias=False) if self.n_dense else None
+        self.bias = nn.Parameter(torch.zeros(1))
+        n_fields = n_cat + n_bag + self.n_dense
+        blocks: list[nn.Module] = []
+        d_in = n_fields * k
+        for d_out in self.mlp_layers:
+            blocks += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(dropout)]
+            d_in = d_out
+        self.mlp = nn.Sequential(*blocks)
+        self.predict = nn.Linear(d_in, 1)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+        nn.init.zeros_(self.linear.weight)
+        if self.bag_embedding is not None:
+            nn.init.normal_(self.bag_embedding.weight, std=0.01)
+            nn.init.zeros_(self.bag_linear.weight)
+            with torch.no_grad():
+                self.bag_embedding.weight[0].zero_()
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        # user-item mode: side-feature tables (integer data, not parameters; saved with the weights)
+        if self.n_users:
+            self.register_buffer("user_table", torch.zeros(self.n_users, self.n_user_fields, dtype=torch.long))
+            self.register_buffer("item_table", torch.zeros(self.n_items, n_cat - self.n_user_fields, dtype=torch.long))
+            self.register_buffer("item_bags", torch.zeros(self.n_items, n_bag, self.bag_len, dtype=torch.long))
+
+    # ------------------------------------------------------------------------------------------------- features
+    def lookup(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(cat, dense, bags) of (user, item) pairs from the side-feature tables (user-item mode)."""
+        cat = torch.cat([self.user_table[users], self.item_table[items]], dim=-1)
+        return cat, None, self.item_bags[items]
+
+    def fields(self, cat: torch.Tensor, dense: torch.Tensor | None, bags: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(field embeddings (b, n_fields, k), first-order term (b,)) of a batch."""
+        parts, first = [], self.bias.expand(cat.shape[0])
+        if self.field_dims:
+            idx = cat + self.offsets
+            parts.append(self.embedding(idx))
+            first = first + self.linear(idx).squeeze(-1).sum(-1)
+        if self.bag_embedding is not None and bags is not None:
+            mask = bags > 0
+            idx = torch.where(mask, bags + self.bag_offsets[:, None] - 1, torch.zeros_like(bags))
+            count = mask.sum(-1).clamp(min=1)                                  # (b, n_bags)
+            parts.append(self.bag_embedding(idx).sum(-2) / count.unsqueeze(-1))   # mean-pooled (b, n_bags, k)
+            first = first + (self.bag_linear(idx).squeeze(-1).sum(-1) / count).sum(-1)
+        if self.n_dense and dense is not None:
+            parts.append(dense.unsqueeze(-1) * self.dense_embedding)
+            first = first + self.dense_linear(dense).squeeze(-1)
+        return torch.cat(parts, dim=1), first
+
+    def logits(self, cat: torch.Tensor, dense: torch.Tensor | None = None, bags: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """DeepFM logit of each row from its raw fields."""
+        emb, first = self.fields(cat, dense, bags)
+        s = emb.sum(1)
+        fm = 0.5 * (s * s - (emb * emb).sum(1)).sum(-1)
+        deep = self.predict(self.mlp(emb.flatten(1))).squeeze(-1)
+        return first + fm + deep
+
+    # ------------------------------------------------------------------------------------------------ interface
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logits: ``(users, items)`` in user-item mode, ``(cat, dense)`` in table mode."""
+        if self.n_users:
+            return self.logits(*self.lookup(a, b))
+        return self.logits(a, b, None)
+
+    score = forward
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each user (user-item mode): every (user, item) pair through the network."""
+        if not self.n_users:
+            raise TypeError("score_all needs user-item mode (DeepFM built with n_users/n_items)")
+        n = self.n_items
+        items = torch.arange(n, device=users.device).repeat(len(users))
+        return self.forward(users.repeat_interleave(n), items).view(len(users), n)
+
+    def config(self) -> dict:
+        return {"_target_": "recsys.models.deepfm.DeepFM", "field_dims": self.field_dims, "n_dense": self.n_dense,
+                "bag_dims": self.bag_dims, "bag_len": self.bag_len, "embed_dim": self.embed_dim,
+                "mlp_layers": self.mlp_layers, "dropout": self.dropout, "n_users": self.n_users,
+                "n_items": self.n_items, "n_user_fields": self.n_user_fields}
