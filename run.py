@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+
+import yaml
 
 import hydra
 from omegaconf import DictConfig
@@ -25,5 +28,22 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         raise SystemExit(2) from None
 
 
+def sweeps_by_itself(argv: list[str]) -> bool:
+    """True when ``experiment=<name>`` names a table experiment that sweeps (``hydra.sweeper.params``) and no ``-m`` was
+    given: Hydra reads ``hydra.mode`` only from the primary config or the command line, so the flag is added here to
+    make ``python run.py experiment=seed_table`` run the whole table as documented."""
+    if {"-m", "--multirun", "-r", "--run", "-c", "--cfg", "-i", "--info", "-h", "--help"} & set(argv):
+        return False
+    for arg in argv[1:]:
+        if arg.startswith("experiment="):
+            path = Path(__file__).resolve().parent / "conf" / "experiment" / f"{arg.split('=', 1)[1]}.yaml"
+            if path.exists():
+                doc = yaml.safe_load(path.read_text()) or {}
+                return bool(((doc.get("hydra") or {}).get("sweeper") or {}).get("params"))
+    return False
+
+
 if __name__ == "__main__":
+    if sweeps_by_itself(sys.argv):
+        sys.argv.insert(1, "-m")
     main()
