@@ -1,0 +1,198 @@
+"""Model-level quantization (``quantize_``: Embedding/Linear -> quantized modules; ``attach_fake_quant``: QAT
+parametrisations; ``calibrate``: activation ranges) and the Lightning callback that runs QAT during fine-tuning and
+converts to packed integers at the end."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear
+from recsys.compress.quantize import (QuantConfig, activation_qparams, dequantize, fake_quantize,
+                                      fake_quantize_activation, packed_nbytes, quantize_tensor)
+
+
+def _targets(model: nn.Module, qc: QuantConfig) -> list[tuple[str, nn.Module]]:
+    kinds = tuple(k for t, k in (("embeddings", nn.Embedding), ("linear", nn.Linear)) if t in qc.targets)
+    done = (QuantizedEmbedding, QuantizedLinear)   # subclasses of nn.Embedding / nn.Linear: never quantize twice
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and not isinstance(m, done)] \
+        if kinds else []
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def plain_weight(module: nn.Module) -> torch.Tensor:
+    """The module's weight with pruning masks / parametrisations made permanent (pruned weights stay exact zeros)."""
+    if hasattr(module, "weight_orig"):                      # torch.nn.utils.prune reparametrisation
+        torch.nn.utils.prune.remove(module, "weight")
+    if parametrize.is_parametrized(module, "weight"):       # our fake quant or torch.nn.utils.parametrize masks
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=not _is_fake_quant(module))
+    return module.weight.detach()
+
+
+def _is_fake_quant(module: nn.Module) -> bool:
+    return parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, WeightFakeQuant) for p in module.parametrizations.weight)
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, qc: QuantConfig, act_ranges: dict[str, tuple[float, float]] | None = None
+              ) -> dict[str, float]:
+    """Replace the targeted Embedding/Linear modules of ``model`` by quantized ones, in place; returns what it did
+    (modules, nominal packed bytes vs fp32 bytes per kind, max reconstruction error)."""
+    if qc.bits == 32:
+        return {"quant_modules": 0.0}
+    backend = qc.kernel_backend()
+    stats = {"quant_modules": 0.0, "quant_max_abs_error": 0.0}
+    for kind in ("embedding", "linear"):
+        stats[f"quant_{kind}_bytes"] = stats[f"quant_{kind}_bytes_fp32"] = 0.0
+    for name, m in _targets(model, qc):
+        act = _act_from_module(m, act_ranges.get(name) if act_ranges else None, qc)
+        w = plain_weight(m)
+        q = quantize_tensor(w, qc.bits, qc.scheme, qc.granularity, qc.dtype, qc.kmeans_iters)
+        kind = "embedding" if isinstance(m, nn.Embedding) else "linear"
+        if kind == "embedding":
+            new: nn.Module = QuantizedEmbedding(q, backend)
+        else:
+            new = QuantizedLinear(q, m.bias, backend, qc.activations if act is None else "static", act,
+                                  qc.activation_bits)
+        _replace(model, name, new)
+        stats["quant_modules"] += 1
+        stats[f"quant_{kind}_bytes"] += packed_nbytes(*w.shape, qc.bits, qc.scheme, q.per_channel)
+        stats[f"quant_{kind}_bytes_fp32"] += 4 * w.numel()
+        stats["quant_max_abs_error"] = max(stats["quant_max_abs_error"], float((dequantize(q) - w).abs().max()))
+    for kind in ("embedding", "linear"):
+        if stats[f"quant_{kind}_bytes"]:
+            stats[f"quant_{kind}_ratio"] = stats[f"quant_{kind}_bytes_fp32"] / stats[f"quant_{kind}_bytes"]
+    return stats
+
+
+def _act_from_module(m: nn.Module, observed: tuple[float, float] | None, qc: QuantConfig
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Static activation qparams: from calibration, or from the QAT observer attached to the module."""
+    if qc.activations != "static" or qc.bits == 16 or not isinstance(m, nn.Linear):
+        return None
+    fq = getattr(m, "act_fake_quant", None)
+    if observed is None and fq is not None and fq.observed:
+        observed = (float(fq.lo), float(fq.hi))
+    if observed is None:
+        raise ValueError("quant.activations=static needs calibration: run calibrate() first")
+    return activation_qparams(*observed, qc.activation_bits)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any], n_batches: int) -> dict[str, tuple[float, float]]:
+    """Observed (min, max) of every Linear's input over ``n_batches`` training batches (PTQ static activations)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    hooks = []
+
+    def observe(name: str):
+        def hook(_m: nn.Module, args: tuple) -> None:
+            x = args[0]
+            lo, hi = ranges.get(name, (float("inf"), float("-inf")))
+            ranges[name] = (min(lo, float(x.min())), max(hi, float(x.max())))
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_pre_hook(observe(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        for i, batch in enumerate(batches):
+            if i >= n_batches:
+                break
+            model(batch[0], batch[1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return ranges
+
+
+# -------------------------------------------------------------------------------------------------------------- QAT
+class WeightFakeQuant(nn.Module):
+    """Parametrisation ``weight -> fake_quantize(weight)``: quantized forward, straight-through backward."""
+
+    def __init__(self, bits: int, scheme: str, granularity: str, dtype: str) -> None:
+        super().__init__()
+        self.bits, self.scheme, self.granularity, self.dtype = bits, scheme, granularity, dtype
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(w, self.bits, self.scheme, self.granularity, self.dtype)
+
+
+class ActFakeQuant(nn.Module):
+    """Activation fake quant for QAT: observes the input range (EMA while training), quantizes with it."""
+
+    def __init__(self, bits: int = 8, mode: str = "static", momentum: float = 0.1) -> None:
+        super().__init__()
+        self.bits, self.mode, self.momentum = bits, mode, momentum
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("n_seen", torch.tensor(0))
+
+    @property
+    def observed(self) -> bool:
+        return bool(self.n_seen > 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = float(x.detach().min()), float(x.detach().max())
+        # observe on gradient-carrying (training) forwards: Lightning >= 2.2 keeps submodules' train/eval mode as it
+        # found them, so ``self.training`` alone would miss a model that was evaluated just before fine-tuning
+        if self.mode == "static" and (self.training or torch.is_grad_enabled()):
+            with torch.no_grad():
+                if not self.observed:
+                    self.lo.fill_(lo), self.hi.fill_(hi)
+                else:
+                    self.lo.lerp_(torch.tensor(lo), self.momentum), self.hi.lerp_(torch.tensor(hi), self.momentum)
+                self.n_seen += 1
+        if self.mode == "static" and self.observed:
+            lo, hi = float(self.lo), float(self.hi)
+        s, z = activation_qparams(lo, hi, self.bits)
+        return fake_quantize_activation(x, s, z, self.bits)
+
+
+def attach_fake_quant(model: nn.Module, qc: QuantConfig) -> int:
+    """Register weight fake quant (and activation fake quant on Linear inputs) on the targeted modules; idempotent.
+    Returns how many modules carry fake quant."""
+    n = 0
+    for _, m in _targets(model, qc):
+        if not _is_fake_quant(m):
+            if hasattr(m, "weight_orig"):
+                torch.nn.utils.prune.remove(m, "weight")
+            parametrize.register_parametrization(m, "weight", WeightFakeQuant(qc.bits, qc.scheme, qc.granularity,
+                                                                              qc.dtype))
+            if isinstance(m, nn.Linear) and qc.activations != "none":
+                m.act_fake_quant = ActFakeQuant(qc.activation_bits, qc.activations)
+                m.register_forward_pre_hook(lambda mod, args: (mod.act_fake_quant(args[0]),))
+        n += 1
+    return n
+
+
+def is_converted(model: nn.Module) -> bool:
+    """True once no fake quant is left (``convert`` ran)."""
+    return not any(_is_fake_quant(m) for m in model.modules())
+
+
+class QuantizationCallback(L.Callback):
+    """QAT during fine-tuning: fake quant attached when fitting starts (if not already), and — unless the fit restores a
+    best checkpoint afterwards — conversion to packed integers when fitting ends."""
+
+    def __init__(self, qc: QuantConfig, convert_at_end: bool = True) -> None:
+        self.qc, self.convert_at_end = qc, convert_at_end
+        self.report: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        attach_fake_quant(pl_module.model, self.qc)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.convert_at_end and not is_converted(pl_module.model):
+            self.report = quantize_(pl_module.model, self.qc)

@@ -1,0 +1,169 @@
+"""Runtime modules for quantized weights, and the ONE module that calls PyTorch's deprecated quantized ops
+(``torch.ops.quantized`` / ``torch.ao.quantization``, deprecated in torch 2.13 but working) and torchao — so removing
+or swapping a kernel library is a change here only.
+
+``QuantizedEmbedding`` / ``QuantizedLinear`` keep the attribute surface the models use (``.weight``, ``.bias``,
+``embedding_dim`` ...) so ``score_all`` keeps working, and run on one of two backends:
+
+- ``eager``: float math on the dequantized weights (any scheme: 16-bit, k-means, static activation fake quant);
+- ``torch``: real integer kernels — fbgemm/x86 rowwise embedding-bag lookups on the packed 8/4/2-bit rows and the
+  dynamic int8 Linear (activations quantized per call). Sub-8-bit Linear codes run on the int8 kernel (their values
+  fit), so 4/2-bit changes bytes, not Linear speed.
+
+The in-memory model and the one rebuilt from the artifact construct these modules from the same codes, so their scores
+are bit-identical.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.compress.quantize import QTensor, activation_qparams, dequantize, fake_quantize_activation
+
+_DEPRECATION = ".*(deprecated|quantize_per|_make_per).*"
+
+
+def _quiet() -> warnings.catch_warnings:
+    """Silence the deprecation warnings of quantized-tensor creation (we know; this module is the one place)."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message=_DEPRECATION)
+    return ctx
+
+
+# --------------------------------------------------------------------------------------- torch.ops.quantized kernels
+def embedding_prepack(q: QTensor) -> torch.Tensor:
+    """fbgemm's rowwise layout from our codes: [codes | scale | bias] per row, bias = -zero_point * scale.
+
+    Built by hand rather than with ``embedding_bag_*_prepack`` because those re-derive min/max scales from floats; we
+    must serve exactly the codes and scales that the artifact stores."""
+    from recsys.compress.quantize import pack_bits
+
+    rows = q.shape[0]
+    scale = q.scale.float().expand(rows) if not q.per_channel else q.scale.float()
+    bias = -q.zero().reshape(-1).expand(rows) * scale
+    if q.bits == 8:
+        tail = torch.stack([scale, bias], 1).contiguous().view(torch.uint8)            # 2 x fp32
+        return torch.cat([q.codes, tail], 1).contiguous()
+    tail = torch.stack([scale.half(), bias.half()], 1).contiguous().view(torch.uint8)  # 2 x fp16
+    return torch.cat([pack_bits(q.codes, q.bits), tail], 1).contiguous()
+
+
+def embedding_lookup(packed: torch.Tensor, bits: int, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows ``idx`` (any shape) of a prepacked table, dequantized by fbgemm's rowwise embedding-bag kernel."""
+    flat = idx.reshape(-1)
+    offsets = torch.arange(flat.numel(), dtype=flat.dtype)
+    op = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
+          4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets,
+          2: torch.ops.quantized.embedding_bag_2bit_rowwise_offsets}[bits]
+    out = op(packed, flat, offsets, False, 0, False, None, None, False)
+    return out[:, :dim].reshape(*idx.shape, dim)   # packed rows are padded to whole bytes
+
+
+def linear_prepack(q: QTensor, bias: torch.Tensor | None) -> object:
+    """Packed int8 weight for the dynamic quantized Linear (per-channel or per-tensor affine qint8)."""
+    ints = (q.codes.to(torch.int16) - 128).to(torch.int8)
+    zp = (q.zero().reshape(-1) - 128).long()
+    ctx = _quiet()
+    try:
+        if q.per_channel:
+            qw = torch._make_per_channel_quantized_tensor(ints, q.scale.double(), zp, 0)
+        else:
+            qw = torch._make_per_tensor_quantized_tensor(ints, float(q.scale.float()), int(zp))
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def linear_dynamic(x: torch.Tensor, packed: object) -> torch.Tensor:
+    """int8 x int8 matmul with per-call activation quantization (reduce_range as PyTorch's dynamic Linear on x86)."""
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)
+
+
+def torchao_int8_dynamic_(model: nn.Module) -> nn.Module:
+    """torchao's int8 dynamic-activation / int8-weight Linear (the successor of torch.ao dynamic quant), in place."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
+
+
+def torch_ao_dynamic_int8(model: nn.Module) -> nn.Module:
+    """PyTorch's own ``quantize_dynamic`` (torch.ao.quantization, deprecated) on every Linear — a reference runtime."""
+    ctx = _quiet()
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------------------- modules
+class QuantizedEmbedding(nn.Embedding):
+    """An embedding table held as a :class:`QTensor`; ``weight`` is its (kernel-)dequantized float view.
+
+    Subclasses ``nn.Embedding`` (without its Parameter) so model code that looks for embeddings still finds it."""
+
+    def __init__(self, q: QTensor, backend: str = "eager") -> None:
+        nn.Module.__init__(self)
+        self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse = None, None, 2.0, False, \
+            False
+        if backend == "torch" and (q.bits not in (8, 4, 2) or q.codebook is not None):
+            raise ValueError(f"backend 'torch' has no kernel for {q.bits}-bit {q.scheme} embeddings")
+        self.q, self.backend = q, backend
+        self.num_embeddings, self.embedding_dim = q.shape
+        self._packed = embedding_prepack(q) if backend == "torch" else None
+        w = embedding_lookup(self._packed, q.bits, torch.arange(q.shape[0]), q.shape[1]) if self._packed is not None \
+            else dequantize(q)
+        self.register_buffer("weight", w, persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._packed is not None:
+            return embedding_lookup(self._packed, self.q.bits, idx, self.embedding_dim)
+        return F.embedding(idx, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.q.bits}, {self.q.scheme}, {self.backend}"
+
+
+class QuantizedLinear(nn.Linear):
+    """A Linear layer with quantized weights, optional activation quantization (``none`` / ``dynamic`` / ``static``
+    with calibrated ``act_scale``/``act_zero_point``). Subclasses ``nn.Linear`` (weight and bias are buffers) so model
+    code that walks its Linear layers (e.g. ``MLP.tower_scores``) uses the dequantized weights."""
+
+    def __init__(self, q: QTensor, bias: torch.Tensor | None, backend: str = "eager", activations: str = "none",
+                 act_qparams: tuple[torch.Tensor, torch.Tensor] | None = None, act_bits: int = 8) -> None:
+        nn.Module.__init__(self)
+        if backend == "torch" and (q.bits not in (8, 4, 2) or q.codebook is not None or activations != "dynamic"):
+            raise ValueError(f"backend 'torch' runs only uniform <=8-bit weights with dynamic activations "
+                             f"(got {q.bits}-bit {q.scheme}, activations={activations})")
+        if q.bits == 16:
+            activations = "none"   # mixed precision: weights in 16 bits, activations in fp32
+        if activations == "static" and act_qparams is None:
+            raise ValueError("activations='static' needs calibrated (scale, zero_point)")
+        self.q, self.backend, self.activations, self.act_bits = q, backend, activations, act_bits
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight", dequantize(q), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+        s, z = act_qparams if act_qparams is not None else (torch.tensor(1.0), torch.tensor(0.0))
+        self.register_buffer("act_scale", s.float().reshape(()), persistent=False)
+        self.register_buffer("act_zero_point", z.float().reshape(()), persistent=False)
+        self._packed = linear_prepack(q, self.bias) if backend == "torch" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is not None:
+            return linear_dynamic(x, self._packed)
+        if self.activations == "static":
+            x = fake_quantize_activation(x, self.act_scale, self.act_zero_point, self.act_bits)
+        elif self.activations == "dynamic":
+            s, z = activation_qparams(float(x.min()), float(x.max()), self.act_bits)
+            x = fake_quantize_activation(x, s, z, self.act_bits)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, bits={self.q.bits}, {self.q.scheme}, {self.backend}, "
+                f"activations={self.activations}")
