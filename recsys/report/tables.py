@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 #: stages in pipeline order; others found in the runs follow, "final" (a copy of the last stage) and "data" never do
-STAGE_ORDER = ("dense", "compressed", "finetuned")
+#: pipeline order of stage names: dense, then the compression stage (named by its technique's ``label``, or
+#: ``compressed`` when several run), then fine-tuned
+STAGE_ORDER = ("dense", "distilled", "lowrank", "pruned", "ptq", "qat", "compressed", "finetuned")
 NOT_STAGES = ("final", "data", "study")
 #: params that never define a setting: where things live, how the run is tracked, and the seed (seeds are averaged)
 IGNORED_PARAMS = ("seed", "objectives")
@@ -76,7 +78,9 @@ def with_groups(df: pd.DataFrame) -> pd.DataFrame:
     out["dataset"] = [r.get("tags.dataset") or _param(r, "data.name") or "?" for _, r in df.iterrows()]
     out["model"] = [r.get("tags.model") or _param(r, "model.name") or "?" for _, r in df.iterrows()]
     out["technique"] = [technique(r) for _, r in df.iterrows()]
-    out["setting"] = [", ".join(f"{k}={_param(r, k)}" for k in keys) or "(as configured)" for _, r in df.iterrows()]
+    # a key that is unset (None) for a run does not apply to it (e.g. prune.norm of magnitude pruning): leave it out
+    out["setting"] = [", ".join(f"{k}={v}" for k in keys if (v := _param(r, k)) not in (None, "None", ""))
+                      or "(as configured)" for _, r in df.iterrows()]
     out["seed"] = [_param(r, "seed") or "?" for _, r in df.iterrows()]
     for c in ("dataset", "model"):
         out[c] = out[c].fillna("?").astype(str)
