@@ -90,30 +90,32 @@ def technique_class(group: str, method: str) -> type[Technique] | None:
     return _REGISTRY.get((group, method))
 
 
-def configured(cfg: Mapping[str, Any]) -> list[Technique]:
-    """The techniques the job config asks for, in pipeline order."""
+def _selected(cfg: Mapping[str, Any]) -> list[tuple[str, str, type[Technique] | None]]:
+    """(group, method, class or None when unknown) of every group whose method is not ``none``, in pipeline order."""
     out = []
     for group in ORDER:
         g = cfg.get(group)
-        if not isinstance(g, Mapping) or g.get("method", "none") in (None, "none"):
-            continue
-        cls = technique_class(group, g["method"])
+        if isinstance(g, Mapping) and g.get("method", "none") not in (None, "none"):
+            out.append((group, g["method"], technique_class(group, g["method"])))
+    return out
+
+
+def configured(cfg: Mapping[str, Any]) -> list[Technique]:
+    """The techniques the job config asks for, in pipeline order."""
+    out = []
+    for group, method, cls in _selected(cfg):
         if cls is None:
-            raise KeyError(f"{group}.method={g['method']!r}: must be one of {methods(group)}")
-        out.append(cls(g))
+            raise KeyError(f"{group}.method={method!r}: must be one of {methods(group)}")
+        out.append(cls(cfg[group]))
     return out
 
 
 def check_config(cfg: Mapping[str, Any]) -> list[str]:
     """Unknown methods, then each configured technique's own checks."""
     problems: list[str] = []
-    for group in ORDER:
-        g = cfg.get(group)
-        if not isinstance(g, Mapping) or g.get("method", "none") in (None, "none"):
-            continue
-        cls = technique_class(group, g["method"])
+    for group, method, cls in _selected(cfg):
         if cls is None:
-            problems.append(f"{group}.method={g['method']!r}: must be one of {methods(group)}")
+            problems.append(f"{group}.method={method!r}: must be one of {methods(group)}")
         else:
             problems += cls.check(cfg)
     return problems
