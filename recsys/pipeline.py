@@ -97,12 +97,15 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Modul
     """The trained dense model: from the cache keyed by (data, model, train, seed), else trained (once, under a lock)."""
     family = get_family(cfg.model.task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # pre-training settings change nothing unless pre-training is on, so they stay out of the key then
+    key_model = model_cfg if model_cfg.get("pretrain") else {k: v for k, v in model_cfg.items()
+                                                              if not k.startswith("pretrain")}
     data_tags = family.data_summary(data)[0]
     # Keys set to null mean "not used" (e.g. train.patience), so adding an optional key keeps existing caches valid;
     # use_cache=false retrains and refreshes the same entry.
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
                  if v is not None and k != "use_cache"}
-    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, model_cfg, train_cfg, cfg.seed)
+    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed)
     path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):
