@@ -52,7 +52,7 @@ def one_of(cfg: Mapping[str, Any], key: str, allowed: list[Any]) -> list[str]:
 
 @register
 def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
-    from recsys.tasks.ranking import OPTIMIZERS
+    from recsys.tasks.base import OPTIMIZERS
 
     errs = positive_int(cfg, "train.epochs") + positive_int(cfg, "train.batch_size")
     errs += positive_int(cfg, "train.num_negatives")

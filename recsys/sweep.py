@@ -31,8 +31,8 @@ import optuna
 from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import (OptunaSweeperImpl, create_params_from_overrides)
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 

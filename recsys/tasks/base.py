@@ -11,6 +11,33 @@ import torch
 from torch import nn
 
 MODEL_META_KEYS = ("name", "task")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "adagrad": torch.optim.Adagrad}
+
+
+class TrainableTask(L.LightningModule):
+    """What every family's LightningModule shares: the wrapped model, the optimizer choice, and ``extra_losses``.
+
+    Extra loss terms (distillation, regularisers) are registered by callbacks: a callback cannot change the loss itself,
+    so the task adds ``term(task, batch, out)`` for each registered term (``out`` = the family's model output).
+    """
+
+    def __init__(self, model: nn.Module, lr: float, optimizer: str, weight_decay: float, stage: str) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer={optimizer!r} is not one of {sorted(OPTIMIZERS)}")
+        self.model, self.lr, self.optimizer_name, self.weight_decay = model, lr, optimizer, weight_decay
+        self.stage = stage
+        self.extra_losses: list[Any] = []
+
+    def add_extra_losses(self, loss: torch.Tensor, batch: Any, out: torch.Tensor) -> torch.Tensor:
+        for term in self.extra_losses:
+            loss = loss + term(self, batch, out)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class TaskFamily:

@@ -31,8 +31,7 @@ from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
 from recsys.evaluation.protocols import ranking_metrics
 from recsys.measure.latency import LatencyConfig, _percentiles, measure_latency, time_calls
-from recsys.tasks.base import TaskFamily, model_kwargs
-from recsys.tasks.ranking import OPTIMIZERS
+from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 TRAIN_KEYS = ("min_rating", "objective")
 
@@ -49,21 +48,17 @@ class CTRData:
     table: CTRTable | None = None
 
 
-class CTRTask(L.LightningModule):
+class CTRTask(TrainableTask):
     """BCE on labelled rows; per epoch logs ``<stage>/epoch_val_auc`` (+ ``epoch_val_hr_at_k`` on pairs)."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  stage: str = "dense", topk: int = 10) -> None:
-        super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer={optimizer!r} is not one of {sorted(OPTIMIZERS)}")
-        self.model, self.lr, self.optimizer_name, self.weight_decay = model, lr, optimizer, weight_decay
-        self.stage, self.topk = stage, topk
+        super().__init__(model, lr, optimizer, weight_decay, stage)
+        self.topk = topk
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._scores: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._ranks: list[torch.Tensor] = []
-        self.extra_losses: list[Any] = []   # term(task, batch, logits), registered by callbacks (e.g. distillation)
 
     def on_fit_start(self) -> None:
         data = getattr(getattr(self.trainer, "datamodule", None), "ctr_data", None)
@@ -74,8 +69,7 @@ class CTRTask(L.LightningModule):
         a, b, labels = batch[:3]
         logits = self.model(a, b)
         loss = self.loss_fn(logits, labels)
-        for term in self.extra_losses:
-            loss = loss + term(self, batch, logits)
+        loss = self.add_extra_losses(loss, batch, logits)
         self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(labels))
         return loss
@@ -106,10 +100,6 @@ class CTRTask(L.LightningModule):
             ranks = torch.cat(self._ranks)
             self._ranks.clear()
             self.log(f"{self.stage}/epoch_val_hr_at_{self.topk}", M.hit_rate_at_k(ranks, self.topk), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class TableBatches(IterableDataset):

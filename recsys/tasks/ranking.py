@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -17,28 +16,18 @@ from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
 from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_ranks
 from recsys.measure.latency import LatencyConfig, measure_latency
-from recsys.tasks.base import TaskFamily, model_kwargs
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "adagrad": torch.optim.Adagrad}
+from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 
-class RankingTask(L.LightningModule):
+class RankingTask(TrainableTask):
     """Trains a ranking model; logs ``<stage>/epoch_train_loss`` and ``<stage>/epoch_val_hr_at_k`` / ``epoch_val_ndcg_at_k`` per epoch."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  stage: str = "dense", topk: int = 10) -> None:
-        super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer={optimizer!r} is not one of {sorted(OPTIMIZERS)}")
-        self.model = model
-        self.lr, self.optimizer_name, self.weight_decay = lr, optimizer, weight_decay
-        self.stage, self.topk = stage, topk
+        super().__init__(model, lr, optimizer, weight_decay, stage)
+        self.topk = topk
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._val_ranks: list[torch.Tensor] = []
-        # Extra loss terms (distillation, regularisers) are added by callbacks through this hook list: a callback cannot
-        # change the loss itself, so the task asks each registered term for its contribution.
-        self.extra_losses: list[Any] = []
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.model(users, items)
@@ -47,8 +36,7 @@ class RankingTask(L.LightningModule):
         users, items, labels = batch[:3]
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)
-        for term in self.extra_losses:
-            loss = loss + term(self, batch, logits)
+        loss = self.add_extra_losses(loss, batch, logits)
         self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
         return loss
 
@@ -66,10 +54,6 @@ class RankingTask(L.LightningModule):
         k = self.topk
         self.log(f"{self.stage}/epoch_val_hr_at_{k}", M.hit_rate_at_k(ranks, k), prog_bar=True)
         self.log(f"{self.stage}/epoch_val_ndcg_at_{k}", M.ndcg_at_k(ranks, k), prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class RankingFamily(TaskFamily):

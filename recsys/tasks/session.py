@@ -19,8 +19,7 @@ from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
 from recsys.measure.latency import _percentiles, time_calls
 from recsys.models.gru4rec import LOSSES, sampled_loss
-from recsys.tasks.base import TaskFamily, model_kwargs
-from recsys.tasks.ranking import OPTIMIZERS
+from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 # model-config keys that configure training, not the network
 TRAIN_KEYS = ("loss", "batch_size", "n_sample", "sample_alpha", "bpreg", "logq", "objective")
@@ -59,23 +58,18 @@ def session_metrics(ranks: torch.Tensor, ks: tuple[int, ...], prefix: str = "") 
     return out
 
 
-class SessionTask(L.LightningModule):
+class SessionTask(TrainableTask):
     """Trains a GRU4Rec-style model on session-parallel batches; logs ``<stage>/epoch_val_recall_at_20`` etc."""
 
     def __init__(self, model: nn.Module, lr: float = 0.05, optimizer: str = "adagrad", weight_decay: float = 0.0,
                  stage: str = "dense", loss: str = "cross-entropy", bpreg: float = 0.0, logq: float = 0.0,
                  item_counts: np.ndarray | None = None, ks: tuple[int, ...] = (20, 10)) -> None:
-        super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer={optimizer!r} is not one of {sorted(OPTIMIZERS)}")
-        self.model, self.lr, self.optimizer_name, self.weight_decay = model, lr, optimizer, weight_decay
-        self.stage, self.loss_name, self.bpreg, self.logq, self.ks = stage, loss, bpreg, logq, ks
+        super().__init__(model, lr, optimizer, weight_decay, stage)
+        self.loss_name, self.bpreg, self.logq, self.ks = loss, bpreg, logq, ks
         counts = torch.as_tensor(item_counts if item_counts is not None else np.ones(1), dtype=torch.float32)
         self.register_buffer("log_pop", torch.log(counts.clamp(min=1) / counts.sum()), persistent=False)
         self.hidden: torch.Tensor | None = None
         self._ranks: list[torch.Tensor] = []
-        # Extra loss terms added by callbacks (distillation, regularisers): term(task, batch, h) with h the output states.
-        self.extra_losses: list[Any] = []
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -95,8 +89,7 @@ class SessionTask(L.LightningModule):
         hidden = self.hidden.detach() * (~reset).to(self.hidden.dtype)[None, :, None]
         h, self.hidden = self.model.step(inputs, hidden)
         loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop)
-        for term in self.extra_losses:
-            loss = loss + term(self, batch, h)
+        loss = self.add_extra_losses(loss, batch, h)
         self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(inputs))
         return loss
@@ -112,10 +105,6 @@ class SessionTask(L.LightningModule):
         for k, v in session_metrics(ranks, self.ks, "val_").items():
             if not k.startswith("val_ndcg"):
                 self.log(f"{self.stage}/epoch_{k}", v, prog_bar=k.endswith("_20"))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class _Once(IterableDataset):
