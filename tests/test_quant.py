@@ -132,6 +132,58 @@ def test_artifact_bytes_equal_formula_and_reload_is_identical(tmp_path, bits, sc
     assert torch.equal(model.score_all(users[:3]), reloaded.score_all(users[:3]))
 
 
+def test_mixed_widths_per_kind_bytes_and_reload(tmp_path):
+    """bits=4 k-means embeddings with 8-bit asymmetric Linear layers: each kind gets its own width, scheme and kernel,
+    the byte count follows the per-kind formula and the reloaded artifact scores identically."""
+    model = _model(3000, 1000)
+    qc = QuantConfig(bits=4, scheme="kmeans", linear_bits=8, linear_scheme="asymmetric", activations="dynamic")
+    assert qc.kernel_backend("embedding") == "eager" and qc.kernel_backend("linear") == "torch"
+    assert qc.kernel_backend() == "mixed"
+    stats = quantize_(model, qc)
+    embs = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
+    lins = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert len(embs) == 4 and all(m.q.bits == 4 and m.q.codebook is not None for m in embs)
+    assert len(lins) == 2 and all(m.q.bits == 8 and m.q.zero_point is not None and m.backend == "torch" for m in lins)
+    emb = [packed_nbytes(n, d, 4, "kmeans", False) for n, d in ((3000, 16), (1000, 16))] * 2
+    assert stats["quant_embedding_bytes"] == sum(emb)
+    assert stats["quant_linear_bytes"] == sum(packed_nbytes(*m.q.shape, 8, "asymmetric", True) for m in lins)
+    save_artifact(model, tmp_path / "q.pt", fmt="quantized")
+    reloaded = load_artifact(tmp_path / "q.pt")
+    users, items = torch.randint(0, 3000, (256,)), torch.randint(0, 1000, (256,))
+    check_same_scores(model, reloaded, users, items, atol=0.0)
+
+
+def test_linear_bits_32_leaves_linear_layers_in_fp32():
+    model = _model(300, 100)
+    quantize_(model, QuantConfig(bits=4, linear_bits=32))
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+    assert sum(isinstance(m, QuantizedEmbedding) for m in model.modules()) == 4
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_reduce_range_is_the_kernel_flag_and_survives_reload(tmp_path, reduce_range):
+    """The dynamic int8 Linear quantizes activations with 8 bits unless reduce_range asks for 7 (PyTorch's x86
+    default); the flag is stored, and the 8-bit path is the more accurate one on activations with a wide range."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(4096, 64) * 3
+    q = quantize_tensor(lin.weight.detach(), 8, "symmetric", "channel")
+    mod = QuantizedLinear(q, lin.bias, "torch", "dynamic", reduce_range=reduce_range)
+    ref = torch.nn.functional.linear(x, dequantize(q), lin.bias)
+    err = (mod(x) - ref).abs().mean()
+    other = QuantizedLinear(q, lin.bias, "torch", "dynamic", reduce_range=not reduce_range)
+    err_other = (other(x) - ref).abs().mean()
+    assert (err < err_other) == (not reduce_range)
+    model = _model(300, 100)
+    quantize_(model, QuantConfig(bits=8, reduce_range=reduce_range))
+    save_artifact(model, tmp_path / "q.pt", fmt="quantized")
+    back = load_artifact(tmp_path / "q.pt")
+    lins = [m for m in back.modules() if isinstance(m, QuantizedLinear)]
+    assert lins and all(m.reduce_range is reduce_range for m in lins)
+    users, items = torch.randint(0, 300, (256,)), torch.randint(0, 100, (256,))
+    check_same_scores(model, back, users, items, atol=0.0)
+
+
 def test_quantize_pruned_model_keeps_zeros_and_removes_reparametrisation():
     model = _model()
     torch.nn.utils.prune.l1_unstructured(model.mlp.tower[1], "weight", amount=0.6)
@@ -184,6 +236,10 @@ def test_fake_quantize_is_straight_through():
     (["quant=ptq", "quant.backend=torch", "quant.bits=16"], "quant.bits=16"),
     (["quant=ptq", "quant.backend=torch", "quant.activations=static"], "quant.activations='static'"),
     (["quant=ptq", "quant.activations=static", "quant.calibration_batches=0"], "quant.calibration_batches=0"),
+    (["quant=ptq", "quant.linear_bits=3"], "quant.linear_bits=3"),
+    (["quant=ptq", "quant.linear_scheme=nf4"], "quant.linear_scheme='nf4'"),
+    (["quant=ptq", "quant.backend=torch", "quant.linear_bits=16"], "quant.linear_bits=16"),
+    (["quant=qat", "finetune.epochs=1", "quant.linear_scheme=kmeans"], "quant.linear_scheme='kmeans'"),
 ])
 def test_bad_quant_config_fails_before_training(tmp_path, overrides, needle):
     from recsys.pipeline import run

@@ -47,25 +47,27 @@ def quantize_(model: nn.Module, qc: QuantConfig, act_ranges: dict[str, tuple[flo
               ) -> dict[str, float]:
     """Replace the targeted Embedding/Linear modules of ``model`` by quantized ones, in place; returns what it did
     (modules, nominal packed bytes vs fp32 bytes per kind, max reconstruction error)."""
-    if qc.bits == 32:
+    if qc.min_bits == 32:
         return {"quant_modules": 0.0}
-    backend = qc.kernel_backend()
     stats = {"quant_modules": 0.0, "quant_max_abs_error": 0.0}
     for kind in ("embedding", "linear"):
         stats[f"quant_{kind}_bytes"] = stats[f"quant_{kind}_bytes_fp32"] = 0.0
     for name, m in _targets(model, qc):
-        act = _act_from_module(m, act_ranges.get(name) if act_ranges else None, qc)
-        w = plain_weight(m)
-        q = quantize_tensor(w, qc.bits, qc.scheme, qc.granularity, qc.dtype, qc.kmeans_iters)
         kind = "embedding" if isinstance(m, nn.Embedding) else "linear"
+        kq = qc.for_kind(kind)
+        if kq.bits == 32:            # e.g. quant.linear_bits=32: this kind stays fp32
+            continue
+        act = _act_from_module(m, act_ranges.get(name) if act_ranges else None, kq)
+        w = plain_weight(m)
+        q = quantize_tensor(w, kq.bits, kq.scheme, kq.granularity, kq.dtype, kq.kmeans_iters)
         if kind == "embedding":
-            new: nn.Module = QuantizedEmbedding(q, backend)
+            new: nn.Module = QuantizedEmbedding(q, kq.kernel_backend(kind))
         else:
-            new = QuantizedLinear(q, m.bias, backend, qc.activations if act is None else "static", act,
-                                  qc.activation_bits)
+            new = QuantizedLinear(q, m.bias, kq.kernel_backend(kind), kq.activations if act is None else "static", act,
+                                  kq.activation_bits, kq.reduce_range)
         _replace(model, name, new)
         stats["quant_modules"] += 1
-        stats[f"quant_{kind}_bytes"] += packed_nbytes(*w.shape, qc.bits, qc.scheme, q.per_channel)
+        stats[f"quant_{kind}_bytes"] += packed_nbytes(*w.shape, kq.bits, kq.scheme, q.per_channel)
         stats[f"quant_{kind}_bytes_fp32"] += 4 * w.numel()
         stats["quant_max_abs_error"] = max(stats["quant_max_abs_error"], float((dequantize(q) - w).abs().max()))
     for kind in ("embedding", "linear"):
@@ -165,11 +167,14 @@ def attach_fake_quant(model: nn.Module, qc: QuantConfig) -> int:
     Returns how many modules carry fake quant."""
     n = 0
     for _, m in _targets(model, qc):
+        kq = qc.for_kind("embedding" if isinstance(m, nn.Embedding) else "linear")
+        if kq.bits == 32:
+            continue
         if not _is_fake_quant(m):
             if hasattr(m, "weight_orig"):
                 torch.nn.utils.prune.remove(m, "weight")
-            parametrize.register_parametrization(m, "weight", WeightFakeQuant(qc.bits, qc.scheme, qc.granularity,
-                                                                              qc.dtype))
+            parametrize.register_parametrization(m, "weight", WeightFakeQuant(kq.bits, kq.scheme, kq.granularity,
+                                                                              kq.dtype))
             if isinstance(m, nn.Linear) and qc.activations != "none":
                 m.act_fake_quant = ActFakeQuant(qc.activation_bits, qc.activations)
                 m.register_forward_pre_hook(lambda mod, args: (mod.act_fake_quant(args[0]),))

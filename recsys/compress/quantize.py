@@ -13,7 +13,7 @@ group-wise LLM Linear layers: recommenders need 2/4-bit per-row embedding tables
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -234,6 +234,9 @@ class QuantConfig:
     calibration_batches: int = 16
     backend: str = "auto"
     kmeans_iters: int = 25
+    linear_bits: int | None = None       # Linear layers' own width / scheme (None = same as the embeddings')
+    linear_scheme: str | None = None
+    reduce_range: bool = False           # 7-bit activations in the int8 Linear kernel (pre-VNNI x86 overflow guard)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -245,12 +248,32 @@ class QuantConfig:
             kw["targets"] = tuple(kw["targets"])
         return cls(**kw, extra={k: v for k, v in cfg.items() if k not in names})
 
-    def kernel_backend(self) -> str:
-        """The runtime that serves the quantized modules: ``torch`` (integer kernels) or ``eager`` (dequantized)."""
-        if self.backend != "auto":
-            return self.backend
-        return "torch" if self.bits in (8, 4, 2) and self.scheme != "kmeans" and self.activations == "dynamic" \
-            else "eager"
+    def for_kind(self, kind: str) -> QuantConfig:
+        """The settings that apply to one kind of module (``embedding`` or ``linear``): mixed widths such as 4-bit
+        embedding tables with 8-bit Linear layers are a per-kind ``bits`` / ``scheme``."""
+        if kind != "linear" or (self.linear_bits is None and self.linear_scheme is None):
+            return self
+        return replace(self, bits=self.bits if self.linear_bits is None else self.linear_bits,
+                       scheme=self.scheme if self.linear_scheme is None else self.linear_scheme,
+                       linear_bits=None, linear_scheme=None)
+
+    def kernel_backend(self, kind: str | None = None) -> str:
+        """The runtime that serves the quantized modules (of one kind, or of all when they agree): ``torch`` (integer
+        kernels), ``eager`` (dequantized) or ``mixed``."""
+        if kind is None:
+            kinds = {self.for_kind(k).kernel_backend(k) for k, t in (("embedding", "embeddings"), ("linear", "linear"))
+                     if t in self.targets}
+            return kinds.pop() if len(kinds) == 1 else "mixed"
+        qc = self.for_kind(kind)
+        if qc.backend != "auto":
+            return qc.backend
+        int_kernel = qc.bits in (8, 4, 2) and qc.scheme != "kmeans"
+        return "torch" if int_kernel and (kind == "embedding" or qc.activations == "dynamic") else "eager"
+
+    @property
+    def min_bits(self) -> int:
+        """The narrowest width in use (32 means nothing is quantized)."""
+        return min(self.bits, self.bits if self.linear_bits is None else self.linear_bits)
 
 
 def check_quant(cfg: dict[str, Any]) -> list[str]:
@@ -263,6 +286,12 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
 
     if q.get("bits") not in BITS or isinstance(q.get("bits"), bool):
         bad("bits", BITS)
+    if q.get("linear_bits") is not None and (q["linear_bits"] not in BITS or isinstance(q["linear_bits"], bool)):
+        bad("linear_bits", (None, *BITS))
+    if q.get("linear_scheme") is not None and q["linear_scheme"] not in SCHEMES:
+        bad("linear_scheme", (None, *SCHEMES))
+    if not isinstance(q.get("reduce_range", False), bool):
+        bad("reduce_range", (True, False))
     if q.get("dtype", "float16") not in DTYPES:
         bad("dtype", DTYPES)
     if q.get("scheme", "symmetric") not in SCHEMES:
@@ -285,12 +314,15 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
     if errs:
         return errs
     if q.get("backend") == "torch":
-        if q["bits"] not in (8, 4, 2):
-            errs.append(f"quant.backend='torch' cannot run quant.bits={q['bits']}: PyTorch's quantized kernels are "
-                        "integer-only (bits 8, 4, 2); use quant.backend=eager or auto")
-        if q.get("scheme") == "kmeans":
-            errs.append("quant.backend='torch' cannot run quant.scheme='kmeans' (no codebook kernels); use "
-                        "quant.backend=eager or auto")
+        widths = {("bits", q["bits"]), *((("linear_bits", q["linear_bits"]),) if q.get("linear_bits") else ())}
+        for key, b in sorted(widths):
+            if b not in (8, 4, 2):
+                errs.append(f"quant.backend='torch' cannot run quant.{key}={b}: PyTorch's quantized kernels are "
+                            "integer-only (bits 8, 4, 2); use quant.backend=eager or auto")
+        for key in ("scheme", "linear_scheme"):
+            if q.get(key) == "kmeans":
+                errs.append(f"quant.backend='torch' cannot run quant.{key}='kmeans' (no codebook kernels); use "
+                            "quant.backend=eager or auto")
         if "linear" in targets and q.get("activations", "dynamic") != "dynamic":
             errs.append(f"quant.backend='torch' with quant.activations={q.get('activations')!r}: its int8 Linear "
                         "kernel quantizes activations dynamically; use quant.activations=dynamic or quant.backend=eager")
@@ -299,11 +331,15 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
 
 def quant_summary(qc: QuantConfig) -> str:
     """Short human label (fp16, int8-sym-channel, int4-kmeans ...)."""
-    if qc.bits == 32:
-        return "fp32"
-    if qc.bits == 16:
-        return "fp16" if qc.dtype == "float16" else "bf16"
-    return f"int{qc.bits}-{qc.scheme}-{qc.granularity}"
+    def one(c: QuantConfig) -> str:
+        if c.bits == 32:
+            return "fp32"
+        if c.bits == 16:
+            return "fp16" if c.dtype == "float16" else "bf16"
+        return f"int{c.bits}-{c.scheme}-{c.granularity}"
+
+    emb, lin = one(qc), one(qc.for_kind("linear"))
+    return emb if emb == lin else f"emb {emb} + linear {lin}"
 
 
 def trainable_params(model: nn.Module) -> int:
@@ -325,10 +361,11 @@ class _Quant(Technique):
     def _report(self, ctx: CompressContext, stats: dict[str, float]) -> None:
         qc = self.qc
         ctx.metrics.update(stats)
-        if qc.bits != 32:
+        if qc.min_bits != 32:
             ctx.artifact_format = "quantized"
-        backend = qc.kernel_backend() if qc.bits != 32 else "eager"
-        kernels = {"torch": "torch.ops.quantized int kernels", "eager": "dequantized fp32"}[backend]
+        backend = qc.kernel_backend() if qc.min_bits != 32 else "eager"
+        kernels = {"torch": "torch.ops.quantized int kernels", "eager": "dequantized fp32",
+                   "mixed": "int kernels where the width has one, dequantized fp32 elsewhere"}[backend]
         ctx.params.update({"quant_scheme": quant_summary(qc), "quant_kernels": backend,
                            "latency_backend": f"pytorch-eager ({kernels})"})
 
@@ -350,7 +387,7 @@ class PostTrainingQuantization(_Quant):
 
         qc = self.qc
         ranges = None
-        if qc.activations == "static" and qc.bits <= 8 and "linear" in qc.targets:
+        if qc.activations == "static" and qc.for_kind("linear").bits <= 8 and "linear" in qc.targets:
             dm = ctx.family.make_datamodule(ctx.data, ctx.cfg)
             ranges = calibrate(model, dm.train_dataloader(), qc.calibration_batches)
         self._report(ctx, quantize_(model, qc, ranges))
@@ -372,12 +409,14 @@ class QuantizationAwareTraining(_Quant):
         epochs = (cfg.get("finetune") or {}).get("epochs", 0)
         if not isinstance(epochs, int) or epochs <= 0:
             errs.append(f"quant.method=qat needs a fine-tune stage: finetune.epochs={epochs!r} must be >= 1")
-        if q.get("bits") in (32, 16):
-            errs.append(f"quant.bits={q.get('bits')} with quant.method=qat: QAT is for integer widths 8, 4, 2 "
-                        "(use quant.method=ptq for fp16/bf16)")
-        if q.get("scheme") == "kmeans":
-            errs.append("quant.scheme='kmeans' with quant.method=qat: the codebook is fitted post-training only; "
-                        "use quant.method=ptq or a uniform scheme")
+        for key in ("bits", "linear_bits"):
+            if q.get(key) in (32, 16):
+                errs.append(f"quant.{key}={q.get(key)} with quant.method=qat: QAT is for integer widths 8, 4, 2 "
+                            "(use quant.method=ptq for fp16/bf16)")
+        for key in ("scheme", "linear_scheme"):
+            if q.get(key) == "kmeans":
+                errs.append(f"quant.{key}='kmeans' with quant.method=qat: the codebook is fitted post-training only; "
+                            "use quant.method=ptq or a uniform scheme")
         return errs
 
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:

@@ -52,7 +52,7 @@ def _encode(model: nn.Module) -> dict[str, Any]:
             tables[name] = {"kind": "embedding", "backend": m.backend, **encode_qtensor(m.q)}
         elif isinstance(m, QuantizedLinear):
             tables[name] = {"kind": "linear", "backend": m.backend, "activations": m.activations,
-                            "act_bits": m.act_bits, **encode_qtensor(m.q),
+                            "act_bits": m.act_bits, "reduce_range": m.reduce_range, **encode_qtensor(m.q),
                             "bias": None if m.bias is None else m.bias.float().contiguous()}
             if m.activations == "static":
                 tables[name]["act_qparams"] = torch.stack([m.act_scale, m.act_zero_point]).float()
@@ -67,7 +67,8 @@ def _decode(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
             new: nn.Module = QuantizedEmbedding(q, rec["backend"])
         else:
             act = tuple(rec["act_qparams"]) if "act_qparams" in rec else None
-            new = QuantizedLinear(q, rec["bias"], rec["backend"], rec["activations"], act, rec["act_bits"])
+            new = QuantizedLinear(q, rec["bias"], rec["backend"], rec["activations"], act, rec["act_bits"],
+                                  bool(rec.get("reduce_range", False)))
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     model.load_state_dict(payload["dense"])
