@@ -36,7 +36,6 @@ UNSUPPORTED = {
     ("gru4rec", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
     ("deepfm", "prune", "structured"): "structured pruning supports the NCF models only",
     ("gru4rec", "prune", "structured"): "structured pruning supports the NCF models only",
-    ("deepfm", "lowrank", "svd"): "svd also targets DeepFM's width-1 first-order tables and rejects any rank",
 }
 PAIRS = [pytest.param(m, g, meth, id=f"{m}-{g}-{meth}",
                       marks=[pytest.mark.xfail(strict=True, reason=UNSUPPORTED[(m, g, meth)])]

@@ -71,6 +71,26 @@ def test_factorised_neumf_scores_consistently_and_roundtrips_smaller(tmp_path):
     assert torch.equal(reloaded.score(users, items), model.score(users, items))
 
 
+def test_deepfm_factorises_field_tables_not_first_order_weights(tmp_path):
+    """DeepFM: the shared field-embedding tables are factorised; the width-1 first-order tables cannot shrink and are
+    left dense; the genre bag's padding row stays exactly zero; the artifact reloads to identical scores."""
+    from recsys.models.deepfm import DeepFM
+
+    torch.manual_seed(0)
+    model = DeepFM([30, 20, 5], n_dense=3, bag_dims=[6], bag_len=3, embed_dim=8, mlp_layers=[16, 8]).eval()
+    report = factorize_(model, LowRankConfig(rank=2))
+    assert set(report["modules"]) == {"embedding", "bag_embedding"}
+    assert type(model.linear) is torch.nn.Embedding and type(model.bag_linear) is torch.nn.Embedding
+    assert model.bag_embedding.first.padding_idx == 0
+    assert torch.count_nonzero(model.bag_embedding.weight[0]) == 0
+    save_artifact(model, tmp_path / "lr.pt", fmt="lowrank")
+    back = load_artifact(tmp_path / "lr.pt")
+    assert back.bag_embedding.first.padding_idx == 0
+    cat = torch.stack([torch.randint(0, n, (64,)) for n in (30, 20, 5)], 1)
+    dense, bags = torch.randn(64, 3), torch.randint(0, 7, (64, 1, 3))   # one genre-style bag of 3 slots
+    assert torch.equal(back.logits(cat, dense, bags), model.logits(cat, dense, bags))
+
+
 def test_rank_at_or_above_an_embedding_width_raises():
     model = NeuMF(40, 70, factors=4, mlp_layers=[16, 8])
     with pytest.raises(ConfigError, match="lowrank.rank=4"):

@@ -23,10 +23,11 @@ TARGETS = ("embeddings", "linear")
 class FactorizedEmbedding(nn.Module):
     """An embedding table stored as ``first`` (num_embeddings x r) times ``second`` (r -> embedding_dim)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None = None) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.rank = num_embeddings, embedding_dim, rank
-        self.first = nn.Embedding(num_embeddings, rank)
+        # a padding row (DeepFM's multi-hot genre bags) must stay zero and untrained in the factorised table too
+        self.first = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx)
         self.second = nn.Linear(rank, embedding_dim, bias=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -98,12 +99,13 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _plain_targets(model: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
-    """Embedding tables / Linear layers to factorise (Linear outputs of width 1 — score heads — are left alone)."""
+    """Embedding tables / Linear layers to factorise. Width-1 matrices are left alone: Linear score heads, and DeepFM's
+    first-order (per-feature weight) tables, which no rank >= 1 can shrink."""
     out = []
     for path, m in model.named_modules():
         if isinstance(m, (FactorizedEmbedding, FactorizedLinear)) or ".first" in path or ".second" in path:
             continue
-        if "embeddings" in targets and type(m) is nn.Embedding:
+        if "embeddings" in targets and type(m) is nn.Embedding and min(m.weight.shape) > 1:
             out.append((path, m))
         elif "linear" in targets and type(m) is nn.Linear and min(m.in_features, m.out_features) > 1:
             out.append((path, m))
@@ -136,8 +138,10 @@ def factorize_(model: nn.Module, config: LowRankConfig) -> dict[str, Any]:
         if r * (rows + cols) >= rows * cols:
             continue  # energy asked for a rank that saves nothing: keep the dense matrix
         if isinstance(m, nn.Embedding):
-            new: nn.Module = FactorizedEmbedding(rows, cols, r)
+            new: nn.Module = FactorizedEmbedding(rows, cols, r, m.padding_idx)
             new.first.weight.copy_(a)
+            if m.padding_idx is not None:
+                new.first.weight[m.padding_idx] = 0.0   # exactly, not SVD round-off
             new.second.weight.copy_(b.T)
             kind = "embedding"
         else:
@@ -164,7 +168,8 @@ def structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     out = {}
     for path, m in model.named_modules():
         if isinstance(m, FactorizedEmbedding):
-            out[path] = {"kind": "embedding", "rank": m.rank, "shape": (m.num_embeddings, m.embedding_dim)}
+            out[path] = {"kind": "embedding", "rank": m.rank, "shape": (m.num_embeddings, m.embedding_dim),
+                         "padding_idx": m.first.padding_idx}
         elif isinstance(m, FactorizedLinear):
             out[path] = {"kind": "linear", "rank": m.rank, "shape": (m.out_features, m.in_features),
                          "bias": m.second.bias is not None}
@@ -176,7 +181,7 @@ def restore_structure(model: nn.Module, struct: Mapping[str, Mapping[str, Any]])
     for path, spec in struct.items():
         rows, cols = spec["shape"]
         if spec["kind"] == "embedding":
-            new: nn.Module = FactorizedEmbedding(rows, cols, int(spec["rank"]))
+            new: nn.Module = FactorizedEmbedding(rows, cols, int(spec["rank"]), spec.get("padding_idx"))
         else:
             new = FactorizedLinear(cols, rows, int(spec["rank"]), bias=bool(spec.get("bias", True)))
         _set_module(model, path, new)
@@ -188,6 +193,8 @@ def _static_embedding_dims(model_cfg: Mapping[str, Any]) -> dict[str, int]:
     dims: dict[str, int] = {}
     if isinstance(model_cfg.get("factors"), int):
         dims["model.factors"] = model_cfg["factors"]
+    if isinstance(model_cfg.get("embed_dim"), int):      # DeepFM's shared field-embedding width
+        dims["model.embed_dim"] = model_cfg["embed_dim"]
     for key in ("mlp_layers", "layers"):
         v = model_cfg.get(key)
         if isinstance(v, (list, tuple)) and v and isinstance(v[0], int):
