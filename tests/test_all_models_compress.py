@@ -34,8 +34,6 @@ STUDENT = {"neumf": ["distill.student.factors=2"],
 UNSUPPORTED = {
     ("deepfm", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
     ("gru4rec", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
-    ("deepfm", "prune", "structured"): "structured pruning supports the NCF models only",
-    ("gru4rec", "prune", "structured"): "structured pruning supports the NCF models only",
 }
 PAIRS = [pytest.param(m, g, meth, id=f"{m}-{g}-{meth}",
                       marks=[pytest.mark.xfail(strict=True, reason=UNSUPPORTED[(m, g, meth)])]

@@ -1,4 +1,4 @@
-"""Weight pruning for the NCF family: unstructured magnitude masks and structured removal of whole units.
+"""Weight pruning: unstructured magnitude masks and structured removal of whole units (NCF models, DeepFM, GRU4Rec).
 
 Two separate steps, with separate names (NNI's split): ``prune_`` *masks* weights in place (torch.nn.utils.prune's
 reparametrisation ``weight = weight_orig * weight_mask``), which changes neither bytes nor speed; ``shrink`` *removes*
@@ -14,6 +14,7 @@ masks are recomputed from scratch at each call with already-masked entries ranke
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,22 +41,26 @@ class MagnitudePruning:
 
 @dataclass
 class StructuredPruning:
-    """Structured: zero whole units (GMF factors, MLP embedding dims, MLP neurons) of lowest group L1/L2 norm."""
+    """Structured: zero whole units (embedding dimensions, MLP neurons, GRU hidden units) of lowest group L1/L2 norm."""
 
     ratio: float
     targets: str = "all"
     norm: str = "l2"
 
 
+Slice = tuple[str, int, tuple[int, ...]]   # (param key, dim, offsets): unit u owns index offset + u for every offset
+
+
 @dataclass
 class UnitGroup:
-    """Units pruned together: ``producers`` (param key, dim) are masked; ``consumers`` (key, dim, offset) read them."""
+    """Units pruned together: ``producers`` slices are masked; ``consumers`` slices read them (both cut by shrink)."""
 
     name: str
     kind: str                                   # "embeddings" or "mlp" (which prune.targets select it)
     n: int
-    producers: list[tuple[str, int]]
-    consumers: list[tuple[str, int, int]]
+    producers: list[Slice]
+    consumers: list[Slice]
+    tie: str | None = None                      # groups with the same tie keep equal counts (one config size)
 
 
 def n_removed(ratio: float, n: int) -> int:
@@ -161,13 +166,20 @@ def magnitude_masks(model: nn.Module, cfg: MagnitudePruning) -> dict[str, torch.
 
 
 # ---------------------------------------------------------------------------------------------------- structured
-# Written by hand rather than with torch-pruning's DependencyGraph: the couplings are recommender-specific — GMF's
-# user and item tables are multiplied element-wise (a factor is removed from both), MLP's first Linear reads [p_u; q_i]
-# whose halves must stay equal for the NCF spec (mlp_layers[0] = 2 x embedding size), and NeuMF's output layer reads
-# [gmf ; mlp] at an offset — and the result must be rebuilt from ``config()``, not patched module by module.
+# Written by hand rather than with torch-pruning's DependencyGraph: the couplings are recommender-specific and the
+# result must be rebuilt from ``config()``, not patched module by module. NCF: GMF's user and item tables are multiplied
+# element-wise (a factor is removed from both), MLP's first Linear reads [p_u; q_i] whose halves must stay equal
+# (mlp_layers[0] = 2 x embedding size), NeuMF's output layer reads [gmf ; mlp] at an offset. DeepFM: the FM term is a
+# dot product across fields, so dimension d goes from every field's table at once (and from the MLP input columns
+# f * k + d). GRU4Rec: hidden unit j is rows j, H+j, 2H+j (reset, update, new gates) of its layer.
+def _slice(key: str, dim: int, *offsets: int) -> Slice:
+    return key, dim, offsets or (0,)
+
+
 def _gmf_groups(gmf: nn.Module, p: str, out_key: str, offset: int) -> list[UnitGroup]:
     return [UnitGroup(f"{p}factors", "embeddings", gmf.factors,
-                      [(f"{p}user_embedding.weight", 1), (f"{p}item_embedding.weight", 1)], [(out_key, 1, offset)])]
+                      [_slice(f"{p}user_embedding.weight", 1), _slice(f"{p}item_embedding.weight", 1)],
+                      [_slice(out_key, 1, offset)])]
 
 
 def _mlp_groups(mlp: nn.Module, p: str, out_key: str, offset: int) -> list[UnitGroup]:
@@ -175,112 +187,210 @@ def _mlp_groups(mlp: nn.Module, p: str, out_key: str, offset: int) -> list[UnitG
     emb = mlp.layers[0] // 2
     first = f"{lins[0]}.weight" if lins else out_key
     base = 0 if lins else offset
-    groups = [UnitGroup(f"{p}user_dims", "embeddings", emb, [(f"{p}user_embedding.weight", 1)], [(first, 1, base)]),
-              UnitGroup(f"{p}item_dims", "embeddings", emb, [(f"{p}item_embedding.weight", 1)],
-                        [(first, 1, base + emb)])]
+    groups = [UnitGroup(f"{p}user_dims", "embeddings", emb, [_slice(f"{p}user_embedding.weight", 1)],
+                        [_slice(first, 1, base)], tie=f"{p}dims"),
+              UnitGroup(f"{p}item_dims", "embeddings", emb, [_slice(f"{p}item_embedding.weight", 1)],
+                        [_slice(first, 1, base + emb)], tie=f"{p}dims")]
     for i, lin in enumerate(lins):
-        nxt = [(f"{lins[i + 1]}.weight", 1, 0)] if i + 1 < len(lins) else [(out_key, 1, offset)]
-        groups.append(UnitGroup(f"{lin}", "mlp", mlp.layers[i + 1], [(f"{lin}.weight", 0), (f"{lin}.bias", 0)], nxt))
+        nxt = _slice(f"{lins[i + 1]}.weight", 1) if i + 1 < len(lins) else _slice(out_key, 1, offset)
+        groups.append(UnitGroup(lin, "mlp", mlp.layers[i + 1],
+                                [_slice(f"{lin}.weight", 0), _slice(f"{lin}.bias", 0)], [nxt]))
     return groups
 
 
-def unit_groups(model: nn.Module) -> list[UnitGroup]:
-    """The prunable unit groups of a GMF, MLP or NeuMF model."""
+def _ncf_groups(model: nn.Module) -> list[UnitGroup]:
     name = type(model).__name__
     if name == "NeuMF":
         return _gmf_groups(model.gmf, "gmf.", "predict.weight", 0) + \
             _mlp_groups(model.mlp, "mlp.", "predict.weight", model.gmf.factors)
-    if name == "GMF":
-        return _gmf_groups(model, "", "predict.weight", 0)
-    if name == "MLP":
-        return _mlp_groups(model, "", "predict.weight", 0)
-    raise ValueError(f"structured pruning supports the NCF models (GMF, MLP, NeuMF), not {name}")
+    return (_gmf_groups if name == "GMF" else _mlp_groups)(model, "", "predict.weight", 0)
+
+
+def _ncf_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
+    name = type(model).__name__
+    if name in ("NeuMF", "GMF"):
+        spec["factors"] = n[("gmf." if name == "NeuMF" else "") + "factors"]
+    if name in ("NeuMF", "MLP"):
+        p, lkey = ("mlp.", "mlp_layers") if name == "NeuMF" else ("", "layers")
+        spec[lkey] = [2 * n[f"{p}user_dims"]] + [v for g, v in n.items() if g.startswith(f"{p}tower.")]
+    return spec
+
+
+def _deepfm_groups(model: nn.Module) -> list[UnitGroup]:
+    k = model.embed_dim
+    n_fields = len(model.field_dims) + len(model.bag_dims) + model.n_dense
+    tables = [_slice(f"{t}.weight", 1) for t in ("embedding", "bag_embedding") if getattr(model, t) is not None]
+    if model.dense_embedding is not None:
+        tables.append(_slice("dense_embedding", 1))
+    lins = [f"mlp.{i}" for i, m in enumerate(model.mlp) if isinstance(m, nn.Linear)]
+    deep_in = f"{lins[0]}.weight" if lins else "predict.weight"
+    groups = [UnitGroup("embed_dims", "embeddings", k, tables, [_slice(deep_in, 1, *range(0, n_fields * k, k))])]
+    for i, lin in enumerate(lins):
+        nxt = f"{lins[i + 1]}.weight" if i + 1 < len(lins) else "predict.weight"
+        groups.append(UnitGroup(lin, "mlp", model.mlp_layers[i],
+                                [_slice(f"{lin}.weight", 0), _slice(f"{lin}.bias", 0)], [_slice(nxt, 1)]))
+    return groups
+
+
+def _deepfm_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
+    return {**spec, "embed_dim": n["embed_dims"], "mlp_layers": [v for g, v in n.items() if g.startswith("mlp.")]}
+
+
+def _gru4rec_groups(model: nn.Module) -> list[UnitGroup]:
+    h, gates = model.hidden_size, (0, model.hidden_size, 2 * model.hidden_size)
+    groups = []
+    if model.embedding is not None:
+        groups.append(UnitGroup("embedding_dims", "embeddings", model.embedding.embedding_dim,
+                                [_slice("embedding.weight", 1)], [_slice("gru.weight_ih_l0", 1)]))
+    for layer in range(model.layers):
+        producers = [_slice(f"gru.{w}_l{layer}", 0, *gates) for w in ("weight_hh", "weight_ih", "bias_ih", "bias_hh")]
+        consumers = [_slice(f"gru.weight_hh_l{layer}", 1)]
+        if layer + 1 < model.layers:
+            consumers.append(_slice(f"gru.weight_ih_l{layer + 1}", 1))
+        else:
+            consumers.append(_slice("out.weight", 1))
+            if model.embedding is None:
+                # constrained embedding: the input item table is out.weight, so the last layer's unit j is also input
+                # dimension j. The mask cuts it at the GRU's input columns rather than on out.weight, which the
+                # session loss reads directly (never through out's forward, where a mask's hook would refresh it).
+                producers.append(_slice("gru.weight_ih_l0", 1))
+        groups.append(UnitGroup(f"gru.layer{layer}", "mlp", h, producers, consumers, tie="gru.hidden_size"))
+    return groups
+
+
+def _gru4rec_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
+    spec = {**spec, "hidden_size": n["gru.layer0"]}
+    if model.embedding is not None:     # explicit, so that embedding=0 (input width = hidden_size) keeps its width
+        spec["embedding"] = n["embedding_dims"]
+    return spec
+
+
+Arch = tuple[Callable[[nn.Module], list[UnitGroup]], Callable[..., dict[str, Any]]]   # (groups, resized config)
+_ARCHS: dict[str, Arch] = {
+    "GMF": (_ncf_groups, _ncf_resize), "MLP": (_ncf_groups, _ncf_resize), "NeuMF": (_ncf_groups, _ncf_resize),
+    "DeepFM": (_deepfm_groups, _deepfm_resize), "GRU4Rec": (_gru4rec_groups, _gru4rec_resize),
+}
+STRUCTURED_MODELS = tuple(_ARCHS)
+
+
+def _arch(model: nn.Module) -> Arch:
+    name = type(model).__name__
+    if name not in _ARCHS:
+        raise ValueError(f"prune.method=structured supports the models {list(_ARCHS)}, not {name}")
+    return _ARCHS[name]
+
+
+def unit_groups(model: nn.Module) -> list[UnitGroup]:
+    """The prunable unit groups of a GMF, MLP, NeuMF, DeepFM or GRU4Rec model."""
+    return _arch(model)[0](model)
+
+
+def _per_unit(t: torch.Tensor, n: int, dim: int, offsets: tuple[int, ...]) -> torch.Tensor:
+    """(n, -1): the entries of ``t`` that belong to each unit (the slices at ``offsets`` along ``dim``)."""
+    return torch.cat([t.narrow(dim, o, n).movedim(dim, 0).reshape(n, -1) for o in offsets], 1)
 
 
 def _unit_norms(model: nn.Module, g: UnitGroup, norm: str) -> torch.Tensor:
     """Group norm per unit: L1 (sum |w|) or L2 (sqrt of sum w^2) over every producer and consumer slice."""
     total = torch.zeros(g.n)
-    for key, dim, off in [(k, d, 0) for k, d in g.producers] + g.consumers:
-        t = effective(model, key).narrow(dim, off, g.n)
-        t = t.movedim(dim, 0).reshape(g.n, -1)
+    for key, dim, offs in g.producers + g.consumers:
+        t = _per_unit(effective(model, key), g.n, dim, offs)
         total += t.abs().sum(1) if norm == "l1" else t.pow(2).sum(1)
     total = total if norm == "l1" else total.sqrt()
-    mask = current_mask(model, g.producers[0][0])
+    key, dim, offs = g.producers[0]
+    mask = current_mask(model, key)
     if mask is not None:   # units removed earlier rank lowest, so a gradual schedule only ever adds to them
-        alive = mask.movedim(g.producers[0][1], 0).reshape(g.n, -1).abs().sum(1) > 0
+        alive = _per_unit(mask, g.n, dim, offs).abs().sum(1) > 0
         total = torch.where(alive, total, torch.full_like(total, -1.0))
     return total
 
 
+def _selected(model: nn.Module, targets: str) -> list[UnitGroup]:
+    groups = [g for g in unit_groups(model) if targets in ("all", g.kind)]
+    if not groups:
+        kinds = sorted({g.kind for g in unit_groups(model)} | {"all"})
+        raise ValueError(f"prune.targets={targets!r} selects no unit group of {type(model).__name__} "
+                         f"(its groups: {[g.name for g in unit_groups(model)]}): use one of {kinds}")
+    return groups
+
+
 def structured_masks(model: nn.Module, cfg: StructuredPruning) -> dict[str, torch.Tensor]:
-    """Masks zeroing exactly round(ratio * n) units of every targeted group (producer rows/columns and biases)."""
+    """Masks zeroing exactly round(ratio * n) units of every targeted group (every producer slice of those units)."""
     masks: dict[str, torch.Tensor] = {}
-    for g in unit_groups(model):
-        if cfg.targets not in ("all", g.kind):
-            continue
+    for g in _selected(model, cfg.targets):
         k = n_removed(cfg.ratio, g.n)
         if k >= g.n:
-            raise ValueError(f"prune.ratio={cfg.ratio} would remove all {g.n} units of {g.name}")
-        keep = _lowest(_unit_norms(model, g, cfg.norm), k)
-        for key, dim in g.producers:
-            shape = [1] * effective(model, key).dim()
-            shape[dim] = g.n
-            masks[key] = keep.view(shape).expand_as(effective(model, key)).clone()
+            raise ValueError(f"prune.ratio={cfg.ratio} would remove all {g.n} units of {g.name}: "
+                             "use a ratio that leaves at least one")
+        gone = torch.nonzero(_lowest(_unit_norms(model, g, cfg.norm), k) == 0).flatten()
+        for key, dim, offs in g.producers:
+            t = effective(model, key)
+            keep = torch.ones(t.shape[dim], dtype=t.dtype)
+            for o in offs:
+                keep[gone + o] = 0
+            shape = [1] * t.dim()
+            shape[dim] = -1
+            mask = keep.view(shape).expand_as(t)
+            masks[key] = mask.clone() if key not in masks else masks[key] * mask
     return masks
 
 
 def kept_units(model: nn.Module) -> dict[str, torch.Tensor]:
     """Indices of the units of each group that are not entirely zero (what ``shrink`` keeps)."""
+    groups = unit_groups(model)
     out = {}
-    for g in unit_groups(model):
+    for g in groups:
         alive = torch.zeros(g.n, dtype=torch.bool)
-        for key, dim in g.producers:
-            alive |= effective(model, key).movedim(dim, 0).reshape(g.n, -1).abs().sum(1) > 0
+        for key, dim, offs in g.producers:
+            alive |= _per_unit(effective(model, key), g.n, dim, offs).abs().sum(1) > 0
         out[g.name] = torch.nonzero(alive).flatten()
-    # the NCF spec needs equal MLP user/item embedding sizes: keep the strongest of the larger side's extras
-    for p in {n[: -len("user_dims")] for n in out if n.endswith("user_dims")}:
-        u, i = out[f"{p}user_dims"], out[f"{p}item_dims"]
-        if len(u) != len(i):
-            n = max(len(u), len(i))
-            g = {x.name: x for x in unit_groups(model)}
-            for side in ("user_dims", "item_dims"):
-                norms = _unit_norms(model, g[p + side], "l2")
-                out[p + side] = torch.sort(torch.argsort(norms, descending=True, stable=True)[:n]).values
+    # tied groups share one config size (NCF's MLP user/item dims, GRU layers' hidden_size): a group that kept fewer
+    # units takes back its strongest removed ones, whose producers are zero, so outputs do not change
+    ties: dict[str, list[UnitGroup]] = {}
+    for g in groups:
+        if g.tie:
+            ties.setdefault(g.tie, []).append(g)
+    for tied in ties.values():
+        n = max(len(out[g.name]) for g in tied)
+        for g in tied:
+            extra = n - len(out[g.name])
+            if extra > 0:
+                norms = _unit_norms(model, g, "l2")
+                norms[out[g.name]] = -1.0
+                back = torch.argsort(norms, descending=True, stable=True)[:extra]
+                out[g.name] = torch.sort(torch.cat([out[g.name], back])).values
     return out
 
 
 def shrink(model: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A physically smaller copy of ``model`` holding only the ``keep`` units (default: the non-zero ones)."""
     keep = keep if keep is not None else kept_units(model)
-    groups = {g.name: g for g in unit_groups(model)}
-    index: dict[tuple[str, int], list[tuple[int, torch.Tensor]]] = {}
-    for name, g in groups.items():
-        idx = keep.get(name, torch.arange(g.n))
+    groups, resize = unit_groups(model), _arch(model)[1]
+    retained: dict[tuple[str, int], torch.Tensor] = {}      # (param key, dim) -> which indices survive
+    n_keep: dict[str, int] = {}
+    for g in groups:
+        idx = keep.get(g.name, torch.arange(g.n))
         if len(idx) == 0:
-            raise ValueError(f"shrink would leave {name} empty")
-        for key, dim in g.producers:
-            index.setdefault((key, dim), []).append((0, idx))
-        for key, dim, off in g.consumers:
-            index.setdefault((key, dim), []).append((off, idx + off))
-    spec = dict(model.config())
-    n_keep = {n: len(keep.get(n, torch.arange(g.n))) for n, g in groups.items()}
-    if type(model).__name__ in ("NeuMF", "GMF"):
-        spec["factors"] = n_keep[("gmf." if "mlp_layers" in spec else "") + "factors"]
-    if type(model).__name__ in ("NeuMF", "MLP"):
-        p, lkey = ("mlp.", "mlp_layers") if "mlp_layers" in spec else ("", "layers")
-        if n_keep[f"{p}user_dims"] != n_keep[f"{p}item_dims"]:
-            raise ValueError("MLP user and item embeddings must keep the same number of dimensions")
-        hidden = [groups[n] for n in groups if n.startswith(f"{p}tower.")]
-        spec[lkey] = [2 * n_keep[f"{p}user_dims"]] + [n_keep[g.name] for g in hidden]
-    small = build_model(spec)
+            raise ValueError(f"shrink would leave {g.name} empty")
+        n_keep[g.name] = len(idx)
+        gone = torch.ones(g.n, dtype=torch.bool)
+        gone[idx] = False
+        gone = torch.nonzero(gone).flatten()
+        for key, dim, offs in g.producers + g.consumers:
+            r = retained.setdefault((key, dim), torch.ones(effective(model, key).shape[dim], dtype=torch.bool))
+            for o in offs:
+                r[gone + o] = False
+    for g in groups:
+        if g.tie and any(n_keep[x.name] != n_keep[g.name] for x in groups if x.tie == g.tie):
+            raise ValueError(f"{[x.name for x in groups if x.tie == g.tie]} must keep the same number of units "
+                             f"({g.tie} is one size)")
+    small = build_model(resize(model, dict(model.config()), n_keep))
     state = {}
     for key in small.state_dict():
         t = effective(model, key)
         for dim in range(t.dim()):
-            segs = sorted(index.get((key, dim), []), key=lambda s: s[0])
-            if segs:
-                # in NCF models the groups touching a dim partition it (e.g. predict's [gmf ; mlp] columns)
-                t = t.index_select(dim, torch.cat([s[1] for s in segs]))
+            if (key, dim) in retained:
+                t = t.index_select(dim, torch.nonzero(retained[(key, dim)]).flatten())
         state[key] = t.clone()
     small.load_state_dict(state)
     return small.train(model.training)

@@ -12,6 +12,7 @@ from recsys.compress.prune import (
     NORMS,
     SCHEDULES,
     SCOPES,
+    STRUCTURED_MODELS,
     TARGETS,
     at_ratio,
     magnitude_targets,
@@ -25,13 +26,41 @@ from recsys.compress.prune import (
 )
 
 
+def _model_class(model_cfg: dict[str, Any]) -> str:
+    """The model's class name from ``model._target_`` (or ``model.name`` in hand-written configs)."""
+    target = str(model_cfg.get("_target_") or "").rpartition(".")[2]
+    return target or {"gmf": "GMF", "mlp": "MLP", "neumf": "NeuMF", "deepfm": "DeepFM",
+                      "gru4rec": "GRU4Rec"}.get(str(model_cfg.get("name", "")).lower(), "")
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
 def _unit_counts(model_cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
     """Units per group from the model config alone (for checks before any model exists)."""
     out: dict[str, tuple[str, int]] = {}
+    cls = _model_class(model_cfg)
+    if cls == "DeepFM":
+        if isinstance(model_cfg.get("embed_dim"), int):
+            out[f"the field embedding dims (model.embed_dim={model_cfg['embed_dim']})"] = ("embeddings",
+                                                                                         model_cfg["embed_dim"])
+        if _ints(model_cfg.get("mlp_layers")):
+            for i, n in enumerate(model_cfg["mlp_layers"]):
+                out[f"MLP layer {i} (model.mlp_layers[{i}]={n})"] = ("mlp", n)
+        return out
+    if cls == "GRU4Rec":
+        h, emb = model_cfg.get("hidden_size"), model_cfg.get("embedding", 0)
+        if not model_cfg.get("constrained_embedding", True) and isinstance(emb, int) and isinstance(emb or h, int):
+            width = f"model.embedding={emb}" if emb else f"model.embedding=0, so model.hidden_size={h}"
+            out[f"the input embedding dims ({width})"] = ("embeddings", emb or h)
+        if isinstance(h, int):
+            out[f"the GRU hidden units (model.hidden_size={h})"] = ("mlp", h)
+        return out
     if isinstance(model_cfg.get("factors"), int):
         out["factors (model.factors)"] = ("embeddings", model_cfg["factors"])
     layers = model_cfg.get("mlp_layers", model_cfg.get("layers"))
-    if isinstance(layers, (list, tuple)) and layers and all(isinstance(x, int) for x in layers):
+    if isinstance(layers, (list, tuple)) and layers and _ints(layers):
         out["MLP embedding dims (model.mlp_layers[0] / 2)"] = ("embeddings", layers[0] // 2)
         for i, n in enumerate(layers[1:], 1):
             out[f"MLP layer {i} (model.mlp_layers[{i}]={n})"] = ("mlp", n)
@@ -120,9 +149,17 @@ class StructuredPrune(_Prune):
         errs = super().check(cfg)
         if p.get("norm", "l2") not in NORMS:
             errs.append(f"prune.norm={p.get('norm')!r}: must be one of {list(NORMS)}")
-        r, targets = p.get("ratio"), p.get("targets", "all")
+        r, targets, model_cfg = p.get("ratio"), p.get("targets", "all"), cfg.get("model", {})
+        model_cls = _model_class(model_cfg)
+        if model_cls and model_cls not in STRUCTURED_MODELS:
+            errs.append(f"prune.method=structured: model {model_cls} (model._target_) is not supported; it supports "
+                        f"{list(STRUCTURED_MODELS)}")
+        if model_cls == "GRU4Rec" and targets == "embeddings" and model_cfg.get("constrained_embedding", True):
+            errs.append("prune.targets='embeddings' with model=gru4rec and model.constrained_embedding=true: the item "
+                        "table is the output layer, tied to the GRU hidden units, so there are no separate embedding "
+                        "dims; use prune.targets=mlp or all (GRU hidden units), or model.constrained_embedding=false")
         if isinstance(r, (int, float)) and 0.0 <= r < 1.0:
-            for name, (kind, n) in _unit_counts(cfg.get("model", {})).items():
+            for name, (kind, n) in _unit_counts(model_cfg).items():
                 if targets in ("all", kind) and n_removed(r, n) >= n:
                     errs.append(f"prune.ratio={r} with prune.method=structured would leave {name} empty "
                                 f"(removes {n_removed(r, n)} of {n} units): use a smaller ratio or a larger layer")
@@ -139,9 +176,10 @@ class StructuredPrune(_Prune):
         if mask_state(model):
             model = shrink(strip_(model))
         spec = model.config()
-        ctx.metrics.update({k: float(v) for k, v in (("pruned_factors", spec.get("factors")),
-                                                     ("pruned_mlp_width", (spec.get("mlp_layers") or
-                                                                           spec.get("layers") or [None])[0]))
-                            if v is not None})
+        sizes = [(f"pruned_{k}", spec.get(k)) for k in ("factors", "embed_dim", "hidden_size", "embedding")]
+        layers = spec.get("mlp_layers", spec.get("layers"))
+        if isinstance(layers, list) and layers:
+            sizes.append(("pruned_mlp_width", layers[0]))
+        ctx.metrics.update({k: float(v) for k, v in sizes if isinstance(v, int) and v > 0})
         ctx.artifact_format = "dense"
         return model
