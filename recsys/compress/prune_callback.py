@@ -71,10 +71,19 @@ class PruningCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
                              ) -> None:
+        model = _model(pl_module)
         if self.schedule == "gradual":
             r = self.ratio_at(trainer.global_step)
             if r > self.ratio + 1e-12:
-                self._set(_model(pl_module), r, trainer.global_step)
+                self._set(model, r, trainer.global_step)
+        # Masked weights are recomputed (with autograd) by a forward pre-hook only when their module is *called*;
+        # recommenders also read tables directly (GRU4Rec's sampled loss scores targets with ``out.weight``), which
+        # would otherwise see a constant tensor and leave ``weight_orig`` without gradient, i.e. frozen.
+        for key, mask in model.named_buffers():
+            if key.endswith("_mask"):
+                mod, _, name = key[: -len("_mask")].rpartition(".")
+                m = model.get_submodule(mod)
+                setattr(m, name, getattr(m, f"{name}_orig") * mask)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
