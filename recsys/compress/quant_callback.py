@@ -1,4 +1,4 @@
-"""Model-level quantization (``quantize_``: Embedding/Linear -> quantized modules; ``attach_fake_quant``: QAT
+"""Model-level quantization (``quantize_``: Embedding/Linear/GRU -> quantized modules; ``attach_fake_quant``: QAT
 parametrisations; ``calibrate``: activation ranges) and the Lightning callback that runs QAT during fine-tuning and
 converts to packed integers at the end."""
 from __future__ import annotations
@@ -11,16 +11,28 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear
+from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args, gru_weight_names
 from recsys.compress.quantize import (QuantConfig, activation_qparams, dequantize, fake_quantize,
                                       fake_quantize_activation, packed_nbytes, quantize_tensor)
 
 
+_MODULES = {"embeddings": nn.Embedding, "linear": nn.Linear, "gru": nn.GRU}   # quant.targets entry -> module type
+
+
+def _kind(m: nn.Module) -> str:
+    return "embedding" if isinstance(m, nn.Embedding) else "gru" if isinstance(m, nn.GRU) else "linear"
+
+
 def _targets(model: nn.Module, qc: QuantConfig) -> list[tuple[str, nn.Module]]:
-    kinds = tuple(k for t, k in (("embeddings", nn.Embedding), ("linear", nn.Linear)) if t in qc.targets)
+    kinds = tuple(k for t, k in _MODULES.items() if t in qc.targets)
     done = (QuantizedEmbedding, QuantizedLinear)   # subclasses of nn.Embedding / nn.Linear: never quantize twice
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and not isinstance(m, done)] \
         if kinds else []
+
+
+def _gru_matrices(gru: nn.GRU) -> list[str]:
+    """Names of an nn.GRU's weight matrices (``weight_ih_l0``, ``weight_hh_l0``, ...); biases are not quantized."""
+    return [n for group in gru_weight_names(gru.num_layers, gru.bidirectional) for n in group[:2]]
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -28,34 +40,46 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-def plain_weight(module: nn.Module) -> torch.Tensor:
-    """The module's weight with pruning masks / parametrisations made permanent (pruned weights stay exact zeros)."""
-    if hasattr(module, "weight_orig"):                      # torch.nn.utils.prune reparametrisation
-        torch.nn.utils.prune.remove(module, "weight")
-    if parametrize.is_parametrized(module, "weight"):       # our fake quant or torch.nn.utils.parametrize masks
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=not _is_fake_quant(module))
-    return module.weight.detach()
+def plain_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The module's weight ``name`` with pruning masks / parametrisations made permanent (pruned weights stay exact
+    zeros; fake quant is dropped, leaving the latent weight it quantizes)."""
+    if hasattr(module, f"{name}_orig"):                     # torch.nn.utils.prune reparametrisation
+        torch.nn.utils.prune.remove(module, name)
+    if parametrize.is_parametrized(module, name):           # our fake quant or torch.nn.utils.parametrize masks
+        parametrize.remove_parametrizations(module, name, leave_parametrized=not _is_fake_quant(module, name))
+    return getattr(module, name).detach()
 
 
-def _is_fake_quant(module: nn.Module) -> bool:
-    return parametrize.is_parametrized(module, "weight") and any(
-        isinstance(p, WeightFakeQuant) for p in module.parametrizations.weight)
+def _is_fake_quant(module: nn.Module, name: str = "weight") -> bool:
+    return parametrize.is_parametrized(module, name) and any(
+        isinstance(p, WeightFakeQuant) for p in module.parametrizations[name])
+
+
+def _fake_quantized(module: nn.Module) -> bool:
+    """Whether any tensor of ``module`` carries weight fake quant."""
+    return parametrize.is_parametrized(module) and any(_is_fake_quant(module, n) for n in module.parametrizations)
 
 
 @torch.no_grad()
 def quantize_(model: nn.Module, qc: QuantConfig, act_ranges: dict[str, tuple[float, float]] | None = None
               ) -> dict[str, float]:
-    """Replace the targeted Embedding/Linear modules of ``model`` by quantized ones, in place; returns what it did
-    (modules, nominal packed bytes vs fp32 bytes per kind, max reconstruction error)."""
+    """Replace the targeted Embedding/Linear/GRU modules of ``model`` by quantized ones, in place; returns what it
+    did (modules, nominal packed bytes vs fp32 bytes per kind, max reconstruction error). A target the model has no
+    module of (``gru`` on NeuMF) quantizes nothing."""
     if qc.min_bits == 32:
         return {"quant_modules": 0.0}
     stats = {"quant_modules": 0.0, "quant_max_abs_error": 0.0}
-    for kind in ("embedding", "linear"):
+    kinds = ("embedding", "linear", *(("gru",) if "gru" in qc.targets else ()))
+    for kind in kinds:
         stats[f"quant_{kind}_bytes"] = stats[f"quant_{kind}_bytes_fp32"] = 0.0
     for name, m in _targets(model, qc):
-        kind = "embedding" if isinstance(m, nn.Embedding) else "linear"
+        kind = _kind(m)
         kq = qc.for_kind(kind)
         if kq.bits == 32:            # e.g. quant.linear_bits=32: this kind stays fp32
+            continue
+        if kind == "gru":
+            _replace(model, name, _quantize_gru(m, kq, stats))
+            stats["quant_modules"] += 1
             continue
         act = _act_from_module(m, act_ranges.get(name) if act_ranges else None, kq)
         w = plain_weight(m)
@@ -70,10 +94,25 @@ def quantize_(model: nn.Module, qc: QuantConfig, act_ranges: dict[str, tuple[flo
         stats[f"quant_{kind}_bytes"] += packed_nbytes(*w.shape, kq.bits, kq.scheme, q.per_channel)
         stats[f"quant_{kind}_bytes_fp32"] += 4 * w.numel()
         stats["quant_max_abs_error"] = max(stats["quant_max_abs_error"], float((dequantize(q) - w).abs().max()))
-    for kind in ("embedding", "linear"):
+    for kind in kinds:
         if stats[f"quant_{kind}_bytes"]:
             stats[f"quant_{kind}_ratio"] = stats[f"quant_{kind}_bytes_fp32"] / stats[f"quant_{kind}_bytes"]
     return stats
+
+
+def _quantize_gru(gru: nn.GRU, kq: QuantConfig, stats: dict[str, float]) -> QuantizedGRU:
+    """One :class:`QuantizedGRU` from an nn.GRU: every weight matrix per row (= per gate unit) or per tensor."""
+    weights = {}
+    for n in _gru_matrices(gru):
+        w = plain_weight(gru, n)
+        q = weights[n] = quantize_tensor(w, kq.bits, kq.scheme, kq.granularity, kq.dtype, kq.kmeans_iters)
+        stats["quant_gru_bytes"] += packed_nbytes(*w.shape, kq.bits, kq.scheme, q.per_channel)
+        stats["quant_gru_bytes_fp32"] += 4 * w.numel()
+        stats["quant_max_abs_error"] = max(stats["quant_max_abs_error"], float((dequantize(q) - w).abs().max()))
+    biases = {n: plain_weight(gru, n) for group in gru_weight_names(gru.num_layers, gru.bidirectional)
+              for n in group[2:] if gru.bias}
+    new = QuantizedGRU(weights, biases, gru_args(gru), kq.kernel_backend("gru"), kq.reduce_range)
+    return new.train(gru.training)   # inter-layer dropout follows the mode the model is in
 
 
 def _act_from_module(m: nn.Module, observed: tuple[float, float] | None, qc: QuantConfig
@@ -162,13 +201,32 @@ class ActFakeQuant(nn.Module):
         return fake_quantize_activation(x, s, z, self.bits)
 
 
+def _leaf_flat_weights(gru: nn.GRU, _args: Any, _out: Any) -> None:
+    """After a forward, point nn.GRU's cached flat weights back at the latent leaves: the fake-quantized copies are
+    recomputed on every forward anyway (``RNNBase._update_flat_weights``), and non-leaf tensors cached on the module
+    would make it impossible to deep-copy."""
+    gru._flat_weights = [gru.parametrizations[n].original if parametrize.is_parametrized(gru, n) else getattr(gru, n)
+                         for n in gru._flat_weights_names]
+
+
 def attach_fake_quant(model: nn.Module, qc: QuantConfig) -> int:
     """Register weight fake quant (and activation fake quant on Linear inputs) on the targeted modules; idempotent.
-    Returns how many modules carry fake quant."""
+    Returns how many modules carry fake quant. GRU weight matrices get weight fake quant only: the dynamic int8 GRU
+    kernel quantizes its activations per call, which training leaves in fp32."""
     n = 0
     for _, m in _targets(model, qc):
-        kq = qc.for_kind("embedding" if isinstance(m, nn.Embedding) else "linear")
+        kq = qc.for_kind(_kind(m))
         if kq.bits == 32:
+            continue
+        if isinstance(m, nn.GRU):
+            if not _fake_quantized(m):
+                for w in _gru_matrices(m):
+                    if hasattr(m, f"{w}_orig"):
+                        torch.nn.utils.prune.remove(m, w)
+                    parametrize.register_parametrization(m, w, WeightFakeQuant(kq.bits, kq.scheme, kq.granularity,
+                                                                               kq.dtype))
+                m.register_forward_hook(_leaf_flat_weights)
+            n += 1
             continue
         if not _is_fake_quant(m):
             if hasattr(m, "weight_orig"):
@@ -184,7 +242,7 @@ def attach_fake_quant(model: nn.Module, qc: QuantConfig) -> int:
 
 def is_converted(model: nn.Module) -> bool:
     """True once no fake quant is left (``convert`` ran)."""
-    return not any(_is_fake_quant(m) for m in model.modules())
+    return not any(_fake_quantized(m) for m in model.modules())
 
 
 class QuantizationCallback(L.Callback):

@@ -6,9 +6,12 @@ or swapping a kernel library is a change here only.
 ``embedding_dim`` ...) so ``score_all`` keeps working, and run on one of two backends:
 
 - ``eager``: float math on the dequantized weights (any scheme: 16-bit, k-means, static activation fake quant);
-- ``torch``: real integer kernels — fbgemm/x86 rowwise embedding-bag lookups on the packed 8/4/2-bit rows and the
-  dynamic int8 Linear (activations quantized per call). Sub-8-bit Linear codes run on the int8 kernel (their values
-  fit), so 4/2-bit changes bytes, not Linear speed.
+- ``torch``: real integer kernels — fbgemm/x86 rowwise embedding-bag lookups on the packed 8/4/2-bit rows, the
+  dynamic int8 Linear and the dynamic int8 GRU (``torch.quantized_gru``; activations quantized per call). Sub-8-bit
+  Linear/GRU codes run on the int8 kernels (their values fit), so 4/2-bit changes bytes, not Linear/GRU speed.
+
+``QuantizedGRU`` keeps ``nn.GRU``'s call (``gru(x, hidden) -> (out, hidden)``) and attribute names (``weight_ih_l0``
+... as dequantized views); its ``eager`` backend is weight-only (fp32 activations through ``torch.gru``).
 
 The in-memory model and the one rebuilt from the artifact construct these modules from the same codes, so their scores
 are bit-identical.
@@ -54,7 +57,7 @@ def embedding_prepack(q: QTensor) -> torch.Tensor:
 
 def embedding_lookup(packed: torch.Tensor, bits: int, idx: torch.Tensor, dim: int) -> torch.Tensor:
     """Rows ``idx`` (any shape) of a prepacked table, dequantized by fbgemm's rowwise embedding-bag kernel."""
-    flat = idx.reshape(-1)
+    flat = idx.reshape(-1).contiguous()   # a column of a (sessions, time) batch is a strided view
     offsets = torch.arange(flat.numel(), dtype=flat.dtype)
     op = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
           4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets,
@@ -76,6 +79,25 @@ def linear_prepack(q: QTensor, bias: torch.Tensor | None) -> object:
         return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float())
     finally:
         ctx.__exit__(None, None, None)
+
+
+def gru_cell_prepack(w_ih: QTensor, w_hh: QTensor, b_ih: torch.Tensor, b_hh: torch.Tensor,
+                     reduce_range: bool = False) -> object:
+    """One layer (one direction) of the dynamic int8 GRU from our codes/scales: the two packed int8 matrices with
+    their biases, as ``torch.ao.nn.quantized.dynamic.GRU`` builds them (but without re-deriving the scales)."""
+    ctx = _quiet()
+    try:
+        return torch.ops.quantized.make_quantized_cell_params_dynamic(
+            linear_prepack(w_ih, b_ih), linear_prepack(w_hh, b_hh), b_ih, b_hh, reduce_range)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def gru_dynamic(x: torch.Tensor, hx: torch.Tensor, cells: list[object], num_layers: int, dropout: float,
+                training: bool, bidirectional: bool, batch_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's dynamic int8 GRU (int8 weights, activations quantized per matmul call): (output, h_n)."""
+    out, h = torch.quantized_gru(x, hx, cells, True, num_layers, dropout, training, bidirectional, batch_first)
+    return out, h
 
 
 def linear_dynamic(x: torch.Tensor, packed: object, reduce_range: bool = False) -> torch.Tensor:
@@ -171,3 +193,83 @@ class QuantizedLinear(nn.Linear):
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, bits={self.q.bits}, {self.q.scheme}, {self.backend}, "
                 f"activations={self.activations}")
+
+
+def gru_weight_names(num_layers: int, bidirectional: bool = False) -> list[tuple[str, str, str, str]]:
+    """(weight_ih, weight_hh, bias_ih, bias_hh) names of every layer and direction, in ``nn.GRU``'s flat order."""
+    sfx = ("", "_reverse") if bidirectional else ("",)
+    return [tuple(f"{p}_l{k}{s}" for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(num_layers) for s in sfx]
+
+
+def gru_args(gru: nn.GRU) -> dict[str, object]:
+    """The constructor arguments of an ``nn.GRU`` (or a :class:`QuantizedGRU`) that shape its computation."""
+    return {k: getattr(gru, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                                         "bidirectional")}
+
+
+class QuantizedGRU(nn.Module):
+    """An ``nn.GRU`` whose weight matrices (``weight_ih_l{k}``, ``weight_hh_l{k}``) are :class:`QTensor` s — per row
+    = one scale per gate unit — and whose biases stay fp32.
+
+    ``eager``: ``torch.gru`` on the dequantized weights (any width / scheme; activations fp32). ``torch``: PyTorch's
+    dynamic int8 GRU kernel on exactly our codes and scales (uniform 8/4/2-bit; per-call int8 activations). Same call
+    and outputs as ``nn.GRU``: ``gru(x, hx) -> (output, h_n)``; not a subclass (``RNNBase`` re-packs flat weights)."""
+
+    def __init__(self, weights: dict[str, QTensor], biases: dict[str, torch.Tensor | None], args: dict[str, object],
+                 backend: str = "eager", reduce_range: bool = False) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = int(args["input_size"]), int(args["hidden_size"]), \
+            int(args["num_layers"])
+        self.bias, self.batch_first, self.bidirectional = bool(args["bias"]), bool(args["batch_first"]), \
+            bool(args["bidirectional"])
+        self.dropout = float(args["dropout"])
+        names = gru_weight_names(self.num_layers, self.bidirectional)
+        missing = [n for group in names for n in group[:2] if n not in weights]
+        if missing:
+            raise ValueError(f"QuantizedGRU: no quantized weights for {missing}")
+        if backend == "torch" and any(q.bits not in (8, 4, 2) or q.codebook is not None for q in weights.values()):
+            raise ValueError("backend 'torch' runs only uniform <=8-bit GRU weights (got "
+                             f"{sorted({(q.bits, q.scheme) for q in weights.values()})})")
+        self.q, self.backend, self.reduce_range = dict(weights), backend, bool(reduce_range)
+        self.activations = "dynamic" if backend == "torch" else "none"
+        for n, q in self.q.items():
+            self.register_buffer(n, dequantize(q), persistent=False)
+        for group in names:
+            for n in group[2:]:
+                b = biases.get(n) if self.bias else None
+                self.register_buffer(n, None if b is None else b.detach().float().clone(), persistent=False)
+        self._names = names
+        self._cells = None
+        if backend == "torch":
+            zeros = torch.zeros(3 * self.hidden_size)
+            self._cells = [gru_cell_prepack(self.q[wi], self.q[wh], zeros if getattr(self, bi) is None else
+                                            getattr(self, bi), zeros if getattr(self, bh) is None else getattr(self, bh),
+                                            self.reduce_range) for wi, wh, bi, bh in names]
+
+    def flat_weights(self) -> list[torch.Tensor]:
+        """The (dequantized) weights and biases in ``nn.GRU``'s flat order, as ``torch.gru`` takes them."""
+        return [getattr(self, n) for group in self._names for n in (group if self.bias else group[:2])]
+
+    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            raise NotImplementedError("QuantizedGRU takes padded tensors, not PackedSequence")
+        unbatched = x.dim() == 2
+        if unbatched:
+            x, hx = x.unsqueeze(1), (None if hx is None else hx.unsqueeze(1))
+        if hx is None:
+            batch = x.shape[0] if self.batch_first else x.shape[1]
+            hx = torch.zeros(self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size,
+                             dtype=x.dtype, device=x.device)
+        if self._cells is not None:
+            out, h = gru_dynamic(x, hx, self._cells, self.num_layers, self.dropout, self.training, self.bidirectional,
+                                 self.batch_first)
+        else:
+            out, h = torch.gru(x, hx, self.flat_weights(), self.bias, self.num_layers, self.dropout, self.training,
+                               self.bidirectional, self.batch_first)
+        return (out.squeeze(1), h.squeeze(1)) if unbatched else (out, h)
+
+    def extra_repr(self) -> str:
+        q = next(iter(self.q.values()))
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bits={q.bits}, {q.scheme}, "
+                f"{self.backend}")

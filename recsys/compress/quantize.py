@@ -23,7 +23,10 @@ BITS = (32, 16, 8, 4, 2)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 SCHEMES = ("symmetric", "asymmetric", "kmeans")
 GRANULARITIES = ("tensor", "channel", "row")   # "row" (embedding tables) is the same axis as "channel" (Linear out)
-TARGETS = ("embeddings", "linear")
+TARGETS = ("embeddings", "linear", "gru")      # gru: the weight matrices of an nn.GRU (GRU4Rec)
+DEFAULT_TARGETS = ("embeddings", "linear")
+KINDS = {"embeddings": "embedding", "linear": "linear", "gru": "gru"}   # target name -> module kind
+GRU_MODELS = ("gru4rec",)                      # model names (``model.name``) that have an nn.GRU
 ACTIVATIONS = ("none", "dynamic", "static")
 BACKENDS = ("auto", "eager", "torch")
 SCALE_DTYPE = torch.float16
@@ -228,7 +231,7 @@ class QuantConfig:
     dtype: str = "float16"
     scheme: str = "symmetric"
     granularity: str = "channel"
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     activations: str = "dynamic"
     activation_bits: int = 8
     calibration_batches: int = 16
@@ -236,7 +239,9 @@ class QuantConfig:
     kmeans_iters: int = 25
     linear_bits: int | None = None       # Linear layers' own width / scheme (None = same as the embeddings')
     linear_scheme: str | None = None
-    reduce_range: bool = False           # 7-bit activations in the int8 Linear kernel (pre-VNNI x86 overflow guard)
+    gru_bits: int | None = None          # the GRU weight matrices' own width / scheme (None = same as the embeddings')
+    gru_scheme: str | None = None
+    reduce_range: bool = False           # 7-bit activations in the int8 Linear/GRU kernels (pre-VNNI x86 overflow guard)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -248,21 +253,25 @@ class QuantConfig:
             kw["targets"] = tuple(kw["targets"])
         return cls(**kw, extra={k: v for k, v in cfg.items() if k not in names})
 
+    def _own(self, kind: str) -> tuple[int | None, str | None]:
+        """A kind's own (bits, scheme) override; (None, None) = the embeddings' settings."""
+        return {"linear": (self.linear_bits, self.linear_scheme),
+                "gru": (self.gru_bits, self.gru_scheme)}.get(kind, (None, None))
+
     def for_kind(self, kind: str) -> QuantConfig:
-        """The settings that apply to one kind of module (``embedding`` or ``linear``): mixed widths such as 4-bit
-        embedding tables with 8-bit Linear layers are a per-kind ``bits`` / ``scheme``."""
-        if kind != "linear" or (self.linear_bits is None and self.linear_scheme is None):
+        """The settings that apply to one kind of module (``embedding``, ``linear`` or ``gru``): mixed widths such as
+        4-bit embedding tables with 8-bit Linear layers are a per-kind ``bits`` / ``scheme``."""
+        bits, scheme = self._own(kind)
+        if bits is None and scheme is None:
             return self
-        return replace(self, bits=self.bits if self.linear_bits is None else self.linear_bits,
-                       scheme=self.scheme if self.linear_scheme is None else self.linear_scheme,
-                       linear_bits=None, linear_scheme=None)
+        return replace(self, bits=self.bits if bits is None else bits, scheme=self.scheme if scheme is None else scheme,
+                       linear_bits=None, linear_scheme=None, gru_bits=None, gru_scheme=None)
 
     def kernel_backend(self, kind: str | None = None) -> str:
-        """The runtime that serves the quantized modules (of one kind, or of all when they agree): ``torch`` (integer
-        kernels), ``eager`` (dequantized) or ``mixed``."""
+        """The runtime that serves the quantized modules (of one kind, or of all targeted kinds when they agree):
+        ``torch`` (integer kernels), ``eager`` (dequantized) or ``mixed``."""
         if kind is None:
-            kinds = {self.for_kind(k).kernel_backend(k) for k, t in (("embedding", "embeddings"), ("linear", "linear"))
-                     if t in self.targets}
+            kinds = {self.for_kind(k).kernel_backend(k) for t, k in KINDS.items() if t in self.targets}
             return kinds.pop() if len(kinds) == 1 else "mixed"
         qc = self.for_kind(kind)
         if qc.backend != "auto":
@@ -273,7 +282,7 @@ class QuantConfig:
     @property
     def min_bits(self) -> int:
         """The narrowest width in use (32 means nothing is quantized)."""
-        return min(self.bits, self.bits if self.linear_bits is None else self.linear_bits)
+        return min((self.bits, *(b for b in (self.linear_bits, self.gru_bits) if b is not None)))
 
 
 def check_quant(cfg: dict[str, Any]) -> list[str]:
@@ -286,10 +295,12 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
 
     if q.get("bits") not in BITS or isinstance(q.get("bits"), bool):
         bad("bits", BITS)
-    if q.get("linear_bits") is not None and (q["linear_bits"] not in BITS or isinstance(q["linear_bits"], bool)):
-        bad("linear_bits", (None, *BITS))
-    if q.get("linear_scheme") is not None and q["linear_scheme"] not in SCHEMES:
-        bad("linear_scheme", (None, *SCHEMES))
+    for kind in ("linear", "gru"):
+        b, sch = q.get(f"{kind}_bits"), q.get(f"{kind}_scheme")
+        if b is not None and (b not in BITS or isinstance(b, bool)):
+            bad(f"{kind}_bits", (None, *BITS))
+        if sch is not None and sch not in SCHEMES:
+            bad(f"{kind}_scheme", (None, *SCHEMES))
     if not isinstance(q.get("reduce_range", False), bool):
         bad("reduce_range", (True, False))
     if q.get("dtype", "float16") not in DTYPES:
@@ -298,12 +309,20 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
         bad("scheme", SCHEMES)
     if q.get("granularity", "channel") not in GRANULARITIES:
         bad("granularity", GRANULARITIES)
-    targets = q.get("targets", list(TARGETS))
+    targets = q.get("targets", list(DEFAULT_TARGETS))
+    model = (cfg.get("model") or {}).get("name")
     if not isinstance(targets, (list, tuple)) or not targets or any(t not in TARGETS for t in targets):
-        errs.append(f"quant.targets={targets!r}: must be a non-empty list drawn from {list(TARGETS)} "
-                    "(gru: no model of this harness has a GRU yet)")
+        errs.append(f"quant.targets={targets!r}: must be a non-empty list drawn from {list(TARGETS)}")
+    elif set(targets) == {"gru"} and model is not None and model not in GRU_MODELS:
+        errs.append(f"quant.targets={list(targets)!r}: model={model} has no GRU, so nothing would be quantized "
+                    f"(models with one: {list(GRU_MODELS)}); add embeddings / linear to quant.targets")
     if q.get("activations", "dynamic") not in ACTIVATIONS:
         bad("activations", ACTIVATIONS)
+    elif q.get("activations") == "static" and (cfg.get("model") or {}).get("task") == "session":
+        # calibration feeds (users, items) batches; session-parallel batches carry hidden state, and GRU4Rec's loss
+        # reads the output table without calling the Linear, so no input range would be observed for it
+        errs.append(f"quant.activations='static' with model={model} (a session model): static activation ranges are "
+                    "calibrated for pairwise (user, item) models only; use quant.activations=dynamic or none")
     if q.get("activation_bits", 8) not in (8, 4, 2):
         bad("activation_bits", (8, 4, 2))
     if q.get("backend", "auto") not in BACKENDS:
@@ -314,18 +333,20 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
     if errs:
         return errs
     if q.get("backend") == "torch":
-        widths = {("bits", q["bits"]), *((("linear_bits", q["linear_bits"]),) if q.get("linear_bits") else ())}
+        widths = {("bits", q["bits"]), *((k, q[k]) for k in ("linear_bits", "gru_bits") if q.get(k))}
         for key, b in sorted(widths):
             if b not in (8, 4, 2):
                 errs.append(f"quant.backend='torch' cannot run quant.{key}={b}: PyTorch's quantized kernels are "
                             "integer-only (bits 8, 4, 2); use quant.backend=eager or auto")
-        for key in ("scheme", "linear_scheme"):
+        for key in ("scheme", "linear_scheme", "gru_scheme"):
             if q.get(key) == "kmeans":
                 errs.append(f"quant.backend='torch' cannot run quant.{key}='kmeans' (no codebook kernels); use "
                             "quant.backend=eager or auto")
-        if "linear" in targets and q.get("activations", "dynamic") != "dynamic":
-            errs.append(f"quant.backend='torch' with quant.activations={q.get('activations')!r}: its int8 Linear "
-                        "kernel quantizes activations dynamically; use quant.activations=dynamic or quant.backend=eager")
+        for target, kernel in (("linear", "int8 Linear"), ("gru", "dynamic int8 GRU")):
+            if target in targets and q.get("activations", "dynamic") != "dynamic":
+                errs.append(f"quant.backend='torch' with quant.activations={q.get('activations')!r} and {target} in "
+                            f"quant.targets: its {kernel} kernel quantizes activations dynamically; use "
+                            "quant.activations=dynamic or quant.backend=eager")
     return errs
 
 
@@ -338,8 +359,11 @@ def quant_summary(qc: QuantConfig) -> str:
             return "fp16" if c.dtype == "float16" else "bf16"
         return f"int{c.bits}-{c.scheme}-{c.granularity}"
 
-    emb, lin = one(qc), one(qc.for_kind("linear"))
-    return emb if emb == lin else f"emb {emb} + linear {lin}"
+    parts = {"emb": one(qc), "linear": one(qc.for_kind("linear"))}
+    if "gru" in qc.targets:
+        parts["gru"] = one(qc.for_kind("gru"))
+    labels = set(parts.values())
+    return labels.pop() if len(labels) == 1 else " + ".join(f"{k} {v}" for k, v in parts.items())
 
 
 def trainable_params(model: nn.Module) -> int:
@@ -409,11 +433,11 @@ class QuantizationAwareTraining(_Quant):
         epochs = (cfg.get("finetune") or {}).get("epochs", 0)
         if not isinstance(epochs, int) or epochs <= 0:
             errs.append(f"quant.method=qat needs a fine-tune stage: finetune.epochs={epochs!r} must be >= 1")
-        for key in ("bits", "linear_bits"):
+        for key in ("bits", "linear_bits", "gru_bits"):
             if q.get(key) in (32, 16):
                 errs.append(f"quant.{key}={q.get(key)} with quant.method=qat: QAT is for integer widths 8, 4, 2 "
                             "(use quant.method=ptq for fp16/bf16)")
-        for key in ("scheme", "linear_scheme"):
+        for key in ("scheme", "linear_scheme", "gru_scheme"):
             if q.get(key) == "kmeans":
                 errs.append(f"quant.{key}='kmeans' with quant.method=qat: the codebook is fitted post-training only; "
                             "use quant.method=ptq or a uniform scheme")

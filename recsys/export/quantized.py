@@ -1,7 +1,8 @@
 """Artifact format ``quantized``: packed integer codes (two 4-bit or four 2-bit values per byte) with fp16 per-row /
 per-channel scales (+ uint8 zero points for asymmetric schemes, or an fp32 codebook for k-means), 16-bit tables as
-fp16/bf16, everything else as fp32. Reloading rebuilds the same quantized modules from the same codes, so scores are
-identical to the in-memory quantized model."""
+fp16/bf16, everything else as fp32. A quantized GRU is one record holding each weight matrix in that form (per-row =
+per gate-unit scales) plus its fp32 biases and constructor arguments. Reloading rebuilds the same quantized modules from
+the same codes, so scores are identical to the in-memory quantized model."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear
+from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args
 from recsys.compress.quantize import QTensor, pack_bits, packed_nbytes, unpack_bits
 from recsys.export.artifact import register_format
 
@@ -41,8 +42,10 @@ def decode_qtensor(rec: dict[str, Any]) -> QTensor:
 
 
 def stored_nbytes(rec: dict[str, Any]) -> int:
-    """Bytes of the tensors stored for one table (what :func:`~recsys.compress.quantize.packed_nbytes` predicts)."""
-    return sum(v.numel() * v.element_size() for v in rec.values() if isinstance(v, torch.Tensor))
+    """Bytes of the tensors stored for one table (what :func:`~recsys.compress.quantize.packed_nbytes` predicts),
+    nested records (a GRU's matrices) included."""
+    return sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor) else
+               stored_nbytes(v) if isinstance(v, dict) else 0 for v in rec.values())
 
 
 def _encode(model: nn.Module) -> dict[str, Any]:
@@ -56,15 +59,23 @@ def _encode(model: nn.Module) -> dict[str, Any]:
                             "bias": None if m.bias is None else m.bias.float().contiguous()}
             if m.activations == "static":
                 tables[name]["act_qparams"] = torch.stack([m.act_scale, m.act_zero_point]).float()
+        elif isinstance(m, QuantizedGRU):
+            tables[name] = {"kind": "gru", "backend": m.backend, "reduce_range": m.reduce_range, "args": gru_args(m),
+                            "weights": {n: encode_qtensor(q) for n, q in m.q.items()},
+                            "biases": {n: b.float().contiguous() for n, b in m.named_buffers(recurse=False)
+                                       if n.startswith("bias_")}}
     dense = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     return {"tables": tables, "dense": dense}
 
 
 def _decode(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
     for name, rec in payload["tables"].items():
-        q = decode_qtensor(rec)
+        q = decode_qtensor(rec) if rec["kind"] != "gru" else None
         if rec["kind"] == "embedding":
             new: nn.Module = QuantizedEmbedding(q, rec["backend"])
+        elif rec["kind"] == "gru":
+            new = QuantizedGRU({n: decode_qtensor(w) for n, w in rec["weights"].items()}, rec["biases"], rec["args"],
+                               rec["backend"], bool(rec["reduce_range"]))
         else:
             act = tuple(rec["act_qparams"]) if "act_qparams" in rec else None
             new = QuantizedLinear(q, rec["bias"], rec["backend"], rec["activations"], act, rec["act_bits"],
@@ -76,7 +87,10 @@ def _decode(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
 
 
 def expected_table_nbytes(rec: dict[str, Any]) -> int:
-    """Formula for one stored table (codes + scales [+ zero points] or codebook), for tests and reports."""
+    """Formula for one stored table (codes + scales [+ zero points] or codebook; a GRU: the sum over its weight
+    matrices, biases excluded as for Linear), for tests and reports."""
+    if rec.get("kind") == "gru":
+        return sum(expected_table_nbytes(w) for w in rec["weights"].values())
     rows, cols = rec["shape"][0], (rec["shape"][1] if len(rec["shape"]) > 1 else 1)
     per_channel = "scale" in rec and rec["scale"].numel() > 1
     return packed_nbytes(rows, cols, rec["bits"], rec["scheme"], per_channel)
