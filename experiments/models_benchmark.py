@@ -4,6 +4,8 @@ artifact bytes, batch-1 latency. Each row is a full pipeline job logged to MLflo
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/models_benchmark.py --epochs 3
     ... --ranking-data ml-1m-loo          # DeepFM beside NeuMF on ml-1m-loo (default ml-100k-pos4: same split for both)
     ... --compress quant=ptq              # or e.g. "prune=magnitude prune.ratio=0.5"
+    ... --ranking-data ml-1m-loo --neumf "model.factors=32 model.mlp_layers=[128,64,32]" --neumf-epochs 20 \
+        --gru-hidden 480 --gru-epochs 10 --root .   # the issue-5 table: paper-size NeuMF, official GRU4Rec width
 
 Training threads are pinned (``--threads``, logged as the tag ``train_threads``); latency uses ``bench.threads`` (1).
 GRU4Rec defaults to the official YooChoose cross-entropy settings (Adagrad lr 0.07, 48 parallel sessions, 2048
@@ -37,7 +39,9 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ranking = [f"data={args.ranking_data}", f"train.epochs={args.epochs}"]
     gru = ["data=yoochoose", "model=gru4rec", f"model.hidden_size={args.gru_hidden}", "train.optimizer=adagrad",
            "train.lr=0.07", f"train.epochs={args.gru_epochs or args.epochs}"]
-    base = {"neumf": ["model=neumf", *ranking], "deepfm": ["model=deepfm", *ranking], "gru4rec": gru,
+    neumf = ["model=neumf", f"data={args.ranking_data}", f"train.epochs={args.neumf_epochs or args.epochs}",
+             *shlex.split(args.neumf)]
+    base = {"neumf": neumf, "deepfm": ["model=deepfm", *ranking], "gru4rec": gru,
             "deepfm-criteo": ["model=deepfm", "data=criteo", f"train.epochs={args.epochs}", "train.batch_size=512"]}
     out = []
     for name in args.models:
@@ -54,6 +58,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--gru-epochs", type=int, default=None)
     p.add_argument("--gru-hidden", type=int, default=100)
+    p.add_argument("--neumf", default="", help="extra NeuMF overrides, e.g. \"model.factors=32 "
+                   "model.mlp_layers=[128,64,32]\" (the model of the other ml-1m-loo tables)")
+    p.add_argument("--neumf-epochs", type=int, default=None, help="NeuMF's train.epochs (default --epochs); with "
+                   "--root pointing at an existing store, a matching cached dense model is reused")
     p.add_argument("--compress", default="quant=ptq")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--root", default=None, help="paths.root_dir (MLflow store + caches); default a temp dir")

@@ -240,6 +240,18 @@ def test_fake_quantize_is_straight_through():
     (["quant=ptq", "quant.linear_scheme=nf4"], "quant.linear_scheme='nf4'"),
     (["quant=ptq", "quant.backend=torch", "quant.linear_bits=16"], "quant.linear_bits=16"),
     (["quant=qat", "finetune.epochs=1", "quant.linear_scheme=kmeans"], "quant.linear_scheme='kmeans'"),
+    # GRU4Rec's nn.GRU target
+    (["quant=ptq", "quant.targets=[gru]"], "model=neumf has no GRU"),
+    (["quant=ptq", "quant.targets=[lstm]"], "quant.targets"),
+    (["quant=ptq", "quant.gru_bits=3"], "quant.gru_bits=3"),
+    (["quant=ptq", "quant.gru_scheme=nf4"], "quant.gru_scheme='nf4'"),
+    (["quant=ptq", "quant.backend=torch", "quant.gru_bits=16"], "quant.gru_bits=16"),
+    (["quant=ptq", "quant.backend=torch", "quant.gru_scheme=kmeans"], "quant.gru_scheme='kmeans'"),
+    (["model=gru4rec", "data=yoochoose", "quant=ptq", "quant.targets=[gru]", "quant.backend=torch",
+      "quant.activations=none"], "dynamic int8 GRU"),
+    (["model=gru4rec", "data=yoochoose", "quant=ptq", "quant.activations=static"], "a session model"),
+    (["quant=qat", "finetune.epochs=1", "quant.gru_bits=16"], "quant.gru_bits=16 with quant.method=qat"),
+    (["quant=qat", "finetune.epochs=1", "quant.gru_scheme=kmeans"], "quant.gru_scheme='kmeans'"),
 ])
 def test_bad_quant_config_fails_before_training(tmp_path, overrides, needle):
     from recsys.pipeline import run

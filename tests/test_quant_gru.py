@@ -14,7 +14,6 @@ from torch import nn
 from recsys.compress.quant_callback import attach_fake_quant, is_converted, quantize_
 from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear
 from recsys.compress.quantize import QuantConfig, dequantize, packed_nbytes, quant_summary, quantize_tensor
-from recsys.errors import ConfigError
 from recsys.export.artifact import load_artifact, save_artifact
 from recsys.export.quantized import expected_table_nbytes, stored_nbytes
 from recsys.models.gru4rec import GRU4Rec, sampled_loss
@@ -182,30 +181,6 @@ def test_qat_fake_quantizes_the_gru_and_converts_to_the_same_forward():
         quantize_(model, qc)
         assert is_converted(model) and isinstance(model.gru, QuantizedGRU)
         assert torch.equal(model(seq, lens), fq)
-
-
-@pytest.mark.parametrize("overrides,needle", [
-    (["quant=ptq", "quant.targets=[gru]"], "model=neumf has no GRU"),
-    (["quant=ptq", "quant.targets=[lstm]"], "quant.targets"),
-    (["quant=ptq", "quant.gru_bits=3"], "quant.gru_bits=3"),
-    (["quant=ptq", "quant.gru_scheme=nf4"], "quant.gru_scheme='nf4'"),
-    (["quant=ptq", "quant.backend=torch", "quant.gru_bits=16"], "quant.gru_bits=16"),
-    (["quant=ptq", "quant.backend=torch", "quant.gru_scheme=kmeans"], "quant.gru_scheme='kmeans'"),
-    (["model=gru4rec", "data=yoochoose", "quant=ptq", "quant.targets=[gru]", "quant.backend=torch",
-      "quant.activations=none"], "dynamic int8 GRU"),
-    (["model=gru4rec", "data=yoochoose", "quant=ptq", "quant.activations=static"], "a session model"),
-    (["quant=qat", "finetune.epochs=1", "quant.gru_bits=16"], "quant.gru_bits=16 with quant.method=qat"),
-    (["quant=qat", "finetune.epochs=1", "quant.gru_scheme=kmeans"], "quant.gru_scheme='kmeans'"),
-])
-def test_bad_gru_quant_config_fails_before_training(tmp_path, overrides, needle):
-    from recsys.pipeline import run
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root_dir={tmp_path}", f"paths.data_dir={tmp_path}", *overrides])
-    with pytest.raises(ConfigError) as e:
-        run(cfg)
-    assert needle in str(e.value)
-    assert not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.realdata

@@ -10,7 +10,7 @@ from recsys.data.sessions import SessionParallelBatches, Sessions, load_session_
 
 
 def make_sessions(lengths):
-    items, offsets, sid = [], [0], []
+    items, offsets = [], [0]
     for s, n in enumerate(lengths):
         items += [100 * s + j for j in range(n)]      # item id encodes (session, position)
         offsets.append(offsets[-1] + n)
