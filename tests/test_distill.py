@@ -269,3 +269,12 @@ def test_ctr_kd_term_is_pointwise_kd():
     total = task.loss_fn(logits, batch[2]) + cb.term(task, batch, logits)
     expected = pointwise_kd_loss(logits, teacher(*batch[:2]), batch[2], 0.6, 1.5)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_student_hidden_is_an_alias_of_hidden_size():
+    from recsys.compress.distill import student_overrides
+
+    assert student_overrides({"hidden": 32, "factors": None}) == {"hidden_size": 32}
+    assert student_overrides({"hidden": 32, "hidden_size": 32}) == {"hidden_size": 32}
+    with pytest.raises(ConfigError, match="alias of hidden_size"):
+        student_overrides({"hidden": 32, "hidden_size": 16})

@@ -207,9 +207,20 @@ def check_teacher(teacher: nn.Module, meta: Mapping[str, Any], student_spec: Map
 
 
 # --------------------------------------------------------------------------------------------------------- technique
+ALIASES = {"hidden": "hidden_size"}   # distill.student.hidden=32 reads as GRU4Rec's model.hidden_size
+
+
 def student_overrides(student: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``distill.student`` keys that are set (null means: keep the teacher's value)."""
-    return {k: v for k, v in (student or {}).items() if v is not None}
+    """The ``distill.student`` keys that are set (null means: keep the teacher's value), aliases resolved."""
+    out: dict[str, Any] = {}
+    for k, v in (student or {}).items():
+        if v is not None:
+            key = ALIASES.get(k, k)
+            if key in out and out[key] != v:
+                raise ConfigError(f"distill.student.{k}={v!r} and distill.student.{key}={out[key]!r}: {k} is an alias "
+                                  f"of {key}; give one of them")
+            out[key] = v
+    return out
 
 
 def student_problems(model_cfg: Mapping[str, Any], student: Mapping[str, Any]) -> list[str]:
