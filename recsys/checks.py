@@ -121,3 +121,20 @@ def _family_checks(cfg: Mapping[str, Any]) -> list[str]:
     except ValueError as e:
         return [str(e)]
     return family.check(cfg)
+
+
+@register
+def _bench_checks(cfg: Mapping[str, Any]) -> list[str]:
+    backends = get(cfg, "bench.backends")
+    if backends is None:
+        return []
+    from recsys.export.onnx_backend import BACKENDS
+
+    if not isinstance(backends, (list, tuple)) or not backends or any(b not in BACKENDS for b in backends):
+        return [f"bench.backends={backends!r}: must be a non-empty list drawn from {list(BACKENDS)}"]
+    other = [b for b in backends if b != "eager"]
+    if other and get(cfg, "model.task") == "session":
+        # the ONNX / torchao scorers serve score(users, items); a session model is served step by step with its state
+        return [f"bench.backends={list(backends)!r} with model={get(cfg, 'model.name')!r}: session models are measured "
+                f"on eager PyTorch only (the {other} runtimes serve pairwise score(users, items)); use [eager]"]
+    return []

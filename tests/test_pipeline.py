@@ -103,3 +103,18 @@ def test_unknown_model_name_is_a_hydra_error_listing_options(tmp_path):
     with pytest.raises(MissingConfigException) as e:
         make_cfg(tmp_path, tmp_path, "model=resnet")
     assert "neumf" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["bench.backends=[eager,tensorrt]"], "bench.backends"),
+    (["model=gru4rec", "data=yoochoose", "bench.backends=[eager,onnx]"], "session models are measured"),
+])
+def test_bad_bench_backends_fail_before_training(tmp_path, overrides, needle):
+    from recsys.errors import ConfigError
+    from recsys.pipeline import run
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root_dir={tmp_path}", f"paths.data_dir={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=needle):
+        run(cfg)
+    assert not (tmp_path / "mlruns").exists()
