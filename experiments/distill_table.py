@@ -31,11 +31,12 @@ BENCH = ["bench.requests=500", "bench.warmup=50", "bench.full_catalogue_requests
          "trainer.enable_progress_bar=false"]
 
 
-def jobs(factors: list[int], ranks: list[int]) -> list[tuple[str, list[str]]]:
+def jobs(factors: list[int], ranks: list[int], student_epochs: int | None = None) -> list[tuple[str, list[str]]]:
     """(name, overrides) of every job of one seed."""
     out = []
     for f in factors:
-        student = [f"distill.student.factors={f}", f"distill.student.mlp_layers=[{4 * f},{2 * f},{f}]"]
+        student = [f"distill.student.factors={f}", f"distill.student.mlp_layers=[{4 * f},{2 * f},{f}]",
+                   *([f"distill.epochs={student_epochs}"] if student_epochs else [])]
         out.append((f"kd f={f}", ["distill=kd", *student, "distill.baseline=true"]))
         out.append((f"rd f={f}", ["distill=ranking", *student, "distill.baseline=false"]))
     for r in ranks:
@@ -46,7 +47,7 @@ def jobs(factors: list[int], ranks: list[int]) -> list[tuple[str, list[str]]]:
 def run_all(args: argparse.Namespace) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for seed in args.seeds:
-            for name, over in jobs(args.factors, args.ranks):
+            for name, over in jobs(args.factors, args.ranks, args.student_epochs):
                 cfg = compose("config", overrides=["experiment=distill_table", f"data={args.data}", f"seed={seed}",
                                                    f"tracking.experiment={args.experiment}",
                                                    f"paths.root_dir={args.root}",
@@ -114,9 +115,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-1m-loo")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    ap.add_argument("--factors", type=int, nargs="+", default=[16, 8, 4])
-    ap.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--epochs", type=int, default=None, help="train.epochs override (default: train config's 20)")
+    ap.add_argument("--factors", type=int, nargs="*", default=[16, 8, 4], help="student sizes (none: no KD rows)")
+    ap.add_argument("--ranks", type=int, nargs="*", default=[4, 8, 16], help="SVD ranks (none: no low-rank rows)")
+    ap.add_argument("--epochs", type=int, default=None, help="train.epochs override (default: train config's 20); "
+                    "note it changes the teacher's cache key, so the teacher is retrained")
+    ap.add_argument("--student-epochs", type=int, default=None, help="distill.epochs: epochs of each student and of "
+                    "its no-KD twin (default: train.epochs); the cached teacher is kept")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training (latency uses bench.threads=1)")
     ap.add_argument("--experiment", default="distill_table")
     ap.add_argument("--table-only", action="store_true")
