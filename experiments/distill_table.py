@@ -31,14 +31,17 @@ BENCH = ["bench.requests=500", "bench.warmup=50", "bench.full_catalogue_requests
          "trainer.enable_progress_bar=false"]
 
 
-def jobs(factors: list[int], ranks: list[int], student_epochs: int | None = None) -> list[tuple[str, list[str]]]:
+def jobs(factors: list[int], ranks: list[int], student_epochs: int | None = None,
+         losses: tuple[str, ...] = ("kd", "rd")) -> list[tuple[str, list[str]]]:
     """(name, overrides) of every job of one seed."""
     out = []
     for f in factors:
         student = [f"distill.student.factors={f}", f"distill.student.mlp_layers=[{4 * f},{2 * f},{f}]",
                    *([f"distill.epochs={student_epochs}"] if student_epochs else [])]
-        out.append((f"kd f={f}", ["distill=kd", *student, "distill.baseline=true"]))
-        out.append((f"rd f={f}", ["distill=ranking", *student, "distill.baseline=false"]))
+        if "kd" in losses:
+            out.append((f"kd f={f}", ["distill=kd", *student, "distill.baseline=true"]))
+        if "rd" in losses:   # its no-KD twin is the kd job's (same student, seed and epochs)
+            out.append((f"rd f={f}", ["distill=ranking", *student, f"distill.baseline={'kd' not in losses}"]))
     for r in ranks:
         out.append((f"svd r={r}", ["distill=none", "lowrank=svd", f"lowrank.rank={r}", "finetune.epochs=2"]))
     return out
@@ -47,7 +50,7 @@ def jobs(factors: list[int], ranks: list[int], student_epochs: int | None = None
 def run_all(args: argparse.Namespace) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for seed in args.seeds:
-            for name, over in jobs(args.factors, args.ranks, args.student_epochs):
+            for name, over in jobs(args.factors, args.ranks, args.student_epochs, tuple(args.losses)):
                 cfg = compose("config", overrides=["experiment=distill_table", f"data={args.data}", f"seed={seed}",
                                                    f"tracking.experiment={args.experiment}",
                                                    f"paths.root_dir={args.root}",
@@ -117,6 +120,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--factors", type=int, nargs="*", default=[16, 8, 4], help="student sizes (none: no KD rows)")
     ap.add_argument("--ranks", type=int, nargs="*", default=[4, 8, 16], help="SVD ranks (none: no low-rank rows)")
+    ap.add_argument("--losses", nargs="+", default=["kd", "rd"], choices=["kd", "rd"],
+                    help="kd: pointwise KD (+ the no-KD twin); rd: ranking distillation")
     ap.add_argument("--epochs", type=int, default=None, help="train.epochs override (default: train config's 20); "
                     "note it changes the teacher's cache key, so the teacher is retrained")
     ap.add_argument("--student-epochs", type=int, default=None, help="distill.epochs: epochs of each student and of "
