@@ -14,6 +14,7 @@ pop^0.2 negatives, logQ 1, shared embedding, dropout 0.2) except the width: ``--
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def main() -> None:
     root = Path(args.root or tempfile.mkdtemp(prefix="models-benchmark-"))
     rows: dict[str, dict[str, float]] = {}
     for label, overrides in jobs(args):
-        name = label.replace(" ", "_").replace("=", "-")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label.replace("=", "-"))   # a Hydra-safe run name
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=[f"paths.root_dir={root}", "trainer.enable_progress_bar=false",
                                                "tracking.experiment=models-benchmark", f"tracking.run_name={name}",
