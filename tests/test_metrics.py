@@ -81,3 +81,12 @@ def test_csr_rows_vectorised():
     indices = torch.tensor([7, 8, 1, 2, 3]).numpy()
     pos, cols = csr_rows(indptr, indices, torch.tensor([2, 0]).numpy())
     assert pos.tolist() == [0, 0, 0, 1, 1] and cols.tolist() == [1, 2, 3, 7, 8]
+
+
+def test_sampled_auc_pools_positive_column_against_all_negatives():
+    from recsys.evaluation.protocols import sampled_auc
+
+    # two users, positive in column 0: user 0's positive beats both negatives, user 1's beats one of two
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.6, 0.4]])
+    # pooled pairs: positive 0.9 beats all 4 negatives; positive 0.5 beats 0.1, 0.2, 0.4, loses to 0.6 -> 7 / 8
+    assert sampled_auc(scores) == pytest.approx(7 / 8)

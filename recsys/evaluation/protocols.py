@@ -29,16 +29,30 @@ def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...], prefix: str = "") 
 
 
 @torch.inference_mode()
-def sampled_ranks(model: torch.nn.Module, users: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor,
-                  batch_users: int = 2048) -> torch.Tensor:
-    """Rank of column 0 of ``candidates`` (the held-out positive) among the row's candidates, for every user."""
+def sampled_scores(model: torch.nn.Module, users: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor,
+                   batch_users: int = 2048) -> torch.Tensor:
+    """Scores (users, candidates) of every user's candidate row (column 0 = the held-out positive)."""
     users, candidates = torch.as_tensor(users), torch.as_tensor(candidates)
     out = []
     for s in range(0, len(users), batch_users):
         u, c = users[s:s + batch_users], candidates[s:s + batch_users]
-        scores = model.score(u[:, None].expand_as(c).reshape(-1), c.reshape(-1)).view(c.shape)
-        out.append(M.rank_of_target(scores, scores[:, 0]))
+        out.append(model.score(u[:, None].expand_as(c).reshape(-1), c.reshape(-1)).view(c.shape))
     return torch.cat(out)
+
+
+def sampled_auc(scores: torch.Tensor) -> float:
+    """AUC over all (positive = column 0, sampled negative) candidates pooled, the CTR family's definition, so ranking
+    and CTR models report the same number on the same candidates."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    return float(M.auc(scores.flatten(), labels.flatten()))
+
+
+def sampled_ranks(model: torch.nn.Module, users: np.ndarray | torch.Tensor, candidates: np.ndarray | torch.Tensor,
+                  batch_users: int = 2048) -> torch.Tensor:
+    """Rank of column 0 of ``candidates`` (the held-out positive) among the row's candidates, for every user."""
+    scores = sampled_scores(model, users, candidates, batch_users)
+    return M.rank_of_target(scores, scores[:, 0])
 
 
 def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

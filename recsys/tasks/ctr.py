@@ -29,7 +29,7 @@ from recsys.data.datamodule import RankingDataModule
 from recsys.data.splits import ImplicitSplit, build_split
 from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
-from recsys.evaluation.protocols import ranking_metrics
+from recsys.evaluation.protocols import ranking_metrics, sampled_scores
 from recsys.measure.latency import LatencyConfig, _percentiles, measure_latency, time_calls
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
@@ -158,15 +158,6 @@ def _label_metrics(scores: torch.Tensor, labels: torch.Tensor, prefix: str = "")
     return {f"{prefix}auc": float(M.auc(scores, labels)), f"{prefix}logloss": float(M.logloss(scores, labels))}
 
 
-@torch.inference_mode()
-def _candidate_scores(model: nn.Module, users: np.ndarray, cands: np.ndarray, batch: int = 512) -> torch.Tensor:
-    out = []
-    for s in range(0, len(users), batch):
-        u, c = torch.as_tensor(users[s:s + batch]), torch.as_tensor(cands[s:s + batch])
-        out.append(model.score(u[:, None].expand_as(c).reshape(-1), c.reshape(-1)).view(c.shape))
-    return torch.cat(out)
-
-
 class CTRFamily(TaskFamily):
     """DeepFM-style models: MovieLens with side features (pairs) or Criteo-format logs (table)."""
 
@@ -263,7 +254,7 @@ class CTRFamily(TaskFamily):
             return out
         sp, ks = data.split, tuple(int(k) for k in cfg.eval.topk)
         for prefix, users, cands in (("", sp.test_users, sp.test_candidates()), ("val_", sp.val_users, sp.val_candidates())):
-            s = _candidate_scores(model, users, cands, int(cfg.eval.batch_users))
+            s = sampled_scores(model, users, cands, int(cfg.eval.batch_users))
             lab = torch.zeros_like(s)
             lab[:, 0] = 1.0
             out.update(_label_metrics(s.flatten(), lab.flatten(), prefix))

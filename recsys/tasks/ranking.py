@@ -14,7 +14,7 @@ from recsys.data.datamodule import RankingDataModule
 from recsys.data.splits import ImplicitSplit, build_split
 from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
-from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_ranks
+from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_auc, sampled_ranks, sampled_scores
 from recsys.measure.latency import LatencyConfig, measure_latency
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
@@ -100,8 +100,9 @@ class RankingFamily(TaskFamily):
         ks = tuple(int(k) for k in cfg.eval.topk)
         out: dict[str, float] = {}
         t0 = time.perf_counter()
-        ranks = sampled_ranks(model, data.test_users, data.test_candidates(), batch_users=cfg.eval.batch_users)
-        out.update(ranking_metrics(ranks, ks))
+        scores = sampled_scores(model, data.test_users, data.test_candidates(), batch_users=cfg.eval.batch_users)
+        out.update(ranking_metrics(M.rank_of_target(scores, scores[:, 0]), ks))
+        out["auc"] = sampled_auc(scores)
         out["eval_seconds"] = time.perf_counter() - t0
         ranks = sampled_ranks(model, data.val_users, data.val_candidates(), batch_users=cfg.eval.batch_users)
         out.update({f"val_{k}": v for k, v in ranking_metrics(ranks, ks).items() if not k.startswith("mrr")})
