@@ -14,7 +14,7 @@ masks are recomputed from scratch at each call with already-masked entries ranke
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -111,6 +111,14 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
             orig.mul_(getattr(m, f"{name}_mask"))           # masked weights stay exactly zero underneath too
             setattr(m, name, orig * getattr(m, f"{name}_mask"))  # fresh for code that reads .weight without forward()
     return model
+
+
+def masked_params(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
+    """``(module, parameter name, mask)`` of every installed mask."""
+    for key, mask in model.named_buffers():
+        if key.endswith("_mask"):
+            mod, name = _split(key[: -len("_mask")])
+            yield model.get_submodule(mod), name, mask
 
 
 def mask_state(model: nn.Module) -> dict[str, torch.Tensor]:

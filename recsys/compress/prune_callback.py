@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from recsys.compress.prune import apply_masks_, cubic_sparsity, mask_state
+from recsys.compress.prune import apply_masks_, cubic_sparsity, mask_state, masked_params
 
 MaskFn = Callable[[nn.Module, float], Any]   # (model, ratio) -> masks the model in place to exactly that ratio
 
@@ -79,22 +79,15 @@ class PruningCallback(L.Callback):
         # Masked weights are recomputed (with autograd) by a forward pre-hook only when their module is *called*;
         # recommenders also read tables directly (GRU4Rec's sampled loss scores targets with ``out.weight``), which
         # would otherwise see a constant tensor and leave ``weight_orig`` without gradient, i.e. frozen.
-        for key, mask in model.named_buffers():
-            if key.endswith("_mask"):
-                mod, _, name = key[: -len("_mask")].rpartition(".")
-                m = model.get_submodule(mod)
-                setattr(m, name, getattr(m, f"{name}_orig") * mask)
+        for m, name, mask in masked_params(model):
+            setattr(m, name, getattr(m, f"{name}_orig") * mask)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """Re-zero masked entries underneath the reparametrisation (Adam's momentum would move them otherwise)."""
         model = _model(pl_module)
         with torch.no_grad():
-            for key, mask in model.named_buffers():
-                if not key.endswith("_mask"):
-                    continue
-                mod, _, name = key[: -len("_mask")].rpartition(".")
-                m = model.get_submodule(mod)
+            for m, name, mask in masked_params(model):
                 getattr(m, f"{name}_orig").mul_(mask)
                 setattr(m, name, getattr(m, f"{name}_orig") * mask)
 

@@ -27,6 +27,8 @@ TARGETS = ("embeddings", "linear", "gru")      # gru: the weight matrices of an 
 DEFAULT_TARGETS = ("embeddings", "linear")
 KINDS = {"embeddings": "embedding", "linear": "linear", "gru": "gru"}   # target name -> module kind
 GRU_MODELS = ("gru4rec",)                      # model names (``model.name``) that have an nn.GRU
+WIDTH_KEYS = ("bits", "linear_bits", "gru_bits")            # the quant keys that set a width (per kind)
+SCHEME_KEYS = ("scheme", "linear_scheme", "gru_scheme")     # ... and a scheme
 ACTIVATIONS = ("none", "dynamic", "static")
 BACKENDS = ("auto", "eager", "torch")
 SCALE_DTYPE = torch.float16
@@ -333,12 +335,11 @@ def check_quant(cfg: dict[str, Any]) -> list[str]:
     if errs:
         return errs
     if q.get("backend") == "torch":
-        widths = {("bits", q["bits"]), *((k, q[k]) for k in ("linear_bits", "gru_bits") if q.get(k))}
-        for key, b in sorted(widths):
-            if b not in (8, 4, 2):
-                errs.append(f"quant.backend='torch' cannot run quant.{key}={b}: PyTorch's quantized kernels are "
+        for key in WIDTH_KEYS:
+            if q.get(key) is not None and q[key] not in (8, 4, 2):
+                errs.append(f"quant.backend='torch' cannot run quant.{key}={q[key]}: PyTorch's quantized kernels are "
                             "integer-only (bits 8, 4, 2); use quant.backend=eager or auto")
-        for key in ("scheme", "linear_scheme", "gru_scheme"):
+        for key in SCHEME_KEYS:
             if q.get(key) == "kmeans":
                 errs.append(f"quant.backend='torch' cannot run quant.{key}='kmeans' (no codebook kernels); use "
                             "quant.backend=eager or auto")
@@ -433,11 +434,11 @@ class QuantizationAwareTraining(_Quant):
         epochs = (cfg.get("finetune") or {}).get("epochs", 0)
         if not isinstance(epochs, int) or epochs <= 0:
             errs.append(f"quant.method=qat needs a fine-tune stage: finetune.epochs={epochs!r} must be >= 1")
-        for key in ("bits", "linear_bits", "gru_bits"):
+        for key in WIDTH_KEYS:
             if q.get(key) in (32, 16):
                 errs.append(f"quant.{key}={q.get(key)} with quant.method=qat: QAT is for integer widths 8, 4, 2 "
                             "(use quant.method=ptq for fp16/bf16)")
-        for key in ("scheme", "linear_scheme", "gru_scheme"):
+        for key in SCHEME_KEYS:
             if q.get(key) == "kmeans":
                 errs.append(f"quant.{key}='kmeans' with quant.method=qat: the codebook is fitted post-training only; "
                             "use quant.method=ptq or a uniform scheme")
