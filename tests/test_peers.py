@@ -148,4 +148,4 @@ def test_peers_quick_smoke(shared_data_dir: Path, tmp_path: Path) -> None:
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = out.read_text()
-    assert table.count("| project |") == 4 and "RecBole 1.2.1" in table and "GRU4Rec official" in table
+    assert table.count("| project |") == 3 and "RecBole 1.2.1" in table and "GRU4Rec official" in table
