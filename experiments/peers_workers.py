@@ -106,6 +106,7 @@ def _recbole_run(spec: dict[str, Any], model_name: str, extra: dict[str, Any]) -
     model.eval()
     n_train = len(train.dataset) * (1 + int(spec["num_negatives"]))
     info = {"epoch_seconds": epoch_seconds, "samples_per_epoch": n_train, "threads": torch.get_num_threads(),
+            "fields": sorted(dataset.field2type), "train_rows": len(train.dataset),
             "versions": {"recbole": recbole.__version__, "torch": torch.__version__}}
     return model, dataset, info
 
@@ -157,7 +158,8 @@ def recbole_neumf(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def recbole_deepfm(spec: dict[str, Any]) -> dict[str, Any]:
-    """RecBole DeepFM; quality = AUC / logloss pooled over the project's test candidates (positive vs 99 negatives)."""
+    """RecBole DeepFM; quality = AUC / logloss pooled over the project's test candidates (positive vs 99 negatives), and
+    HR/NDCG@10 on them, as the project's CTR family reports."""
     import numpy as np
 
     extra = {"embedding_size": int(spec["embed_dim"]), "mlp_hidden_size": list(spec["mlp_layers"]),
@@ -169,7 +171,9 @@ def recbole_deepfm(spec: dict[str, Any]) -> dict[str, Any]:
     s = _recbole_scores(model, dataset, [u for u in users for _ in range(width)], [i for c in cands for i in c],
                         join=True)
     labels = np.tile(np.r_[1.0, np.zeros(width - 1)], len(users))
-    return {**info, "quality": label_metrics(s, labels), "n_eval_users": len(users)}
+    grid = s.reshape(len(users), width)
+    quality = {**label_metrics(s, labels), **sampled_metrics(grid[:, 0], grid[:, 1:])}
+    return {**info, "quality": quality, "n_eval_users": len(users)}
 
 
 # ---------------------------------------------------------------------------------------------------- official GRU4Rec
