@@ -34,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "experiments" / "peers_workers.py"
@@ -252,7 +253,7 @@ def run_side(side: Side, threads: int, workdir: Path, log) -> dict[str, Any]:
     log.flush()
     t0 = time.perf_counter()
     cwd = ROOT if side.kind == "project" else workdir   # RecBole writes log_tensorboard/ into its cwd
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not out_path.exists():
         raise RuntimeError(f"{side.system} ({side.setting}) failed with exit code {proc.returncode}; see {log.name}")
     res = json.loads(out_path.read_text())

@@ -18,8 +18,9 @@ import runpy
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +144,6 @@ def _candidates(path: str) -> tuple[list[str], list[list[str]]]:
 
 def recbole_neumf(spec: dict[str, Any]) -> dict[str, Any]:
     """RecBole NeuMF; quality = HR/NDCG@10 on the project's own test candidates scored by RecBole's ``predict``."""
-    import numpy as np
-
     extra = {"mf_embedding_size": int(spec["factors"]), "mlp_embedding_size": int(spec["mlp_layers"][0]) // 2,
              "mlp_hidden_size": list(spec["mlp_layers"][1:]), "dropout_prob": 0.0, "mf_train": True,
              "mlp_train": True, "use_pretrain": False, "load_col": {"inter": ["user_id", "item_id"]}}
