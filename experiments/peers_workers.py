@@ -262,8 +262,8 @@ def project(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
     timer = TrainOnlyTimer()
     train_model(model, data, cfg, "dense", logger=False, callbacks=[timer])
-    quality = {k: float(v) for k, v in family.evaluate(model, data, cfg).items()
-               if not k.startswith("val_") and not k.startswith("eval_")}
+    quality = {k: float(v) for k, v in family.evaluate(model, data, cfg).items()   # test-set quality only
+               if not k.startswith(("val_", "eval_", "full_")) and "seconds" not in k and "per_s" not in k}
     import lightning
 
     return {"epoch_seconds": timer.epochs, "samples_per_epoch": float(family.samples_per_epoch(data, cfg)),
