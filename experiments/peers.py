@@ -376,10 +376,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 epoch each, NeuMF on ml-100k at batch 2048 only, "
                     "the 100-unit GRU4Rec file only; no speed claims")
     ap.add_argument("--force", action="store_true", help="run even on a busy machine (the table says so)")
-    ap.add_argument("--out", default=str(ROOT / "peers.md"), help="markdown file for the table")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "peers.md"),
+                    help="markdown file for the table (the workers' logs go beside it as .log)")
     ap.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}")
     ap.add_argument("--project-override", action="append", default=[], help="extra Hydra override for project runs")
     args = ap.parse_args(argv)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     which = args.only or ["neumf", "gru4rec", "deepfm"]
     need = {"neumf": ["recbole_python"], "deepfm": ["recbole_python"], "gru4rec": ["gru4rec", "gru4rec_python"]}
     for w in which:
