@@ -8,7 +8,7 @@
 #   scripts/stack.sh status    # what runs (exit 0 when both answer, 3 otherwise)
 #   scripts/stack.sh down      # stop the MLflow server, then PostgreSQL (fast shutdown); data is kept
 #
-# Settings (environment; the values given to the first `up` are saved in $RECSYS_STACK_DIR/stack.env and reused):
+# Settings (environment; the values of the last `up` are saved in $RECSYS_STACK_DIR/stack.env and reused):
 #   RECSYS_STACK_DIR     state dir: data, logs, pid files, artifacts        default <checkout>/.stack (git-ignored)
 #   RECSYS_PG_PORT       PostgreSQL TCP port on 127.0.0.1                    default 55432
 #   RECSYS_PG_PASSWORD   password of the database user `recsys`          default recsys  (letters, digits, . _ ~ -)
@@ -100,8 +100,11 @@ init_pg() {
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 EOF
-  { echo "SAVED_PG_PORT=$PG_PORT"; echo "SAVED_PG_PASSWORD=$PG_PASSWORD"; echo "SAVED_MLFLOW_PORT=$MLFLOW_PORT"; } >"$SAVED"
-  chmod 600 "$SAVED"
+}
+
+save_settings() {  # what `env`, `status` and `down` use later without the variables set
+  ( umask 077
+    { echo "SAVED_PG_PORT=$PG_PORT"; echo "SAVED_PG_PASSWORD=$PG_PASSWORD"; echo "SAVED_MLFLOW_PORT=$MLFLOW_PORT"; } >"$SAVED" )
 }
 
 up() {
@@ -110,6 +113,11 @@ up() {
   "$PY" -c 'import mlflow, optuna, psycopg' 2>/dev/null \
     || die "$PY lacks mlflow, optuna or psycopg (pip install -e . installs them; or set RECSYS_PYTHON)"
   init_pg "$bindir"
+  if { pg_running || [ -n "$(mlflow_pid || true)" ]; } \
+      && [ "${SAVED_PG_PORT:-$PG_PORT}:${SAVED_MLFLOW_PORT:-$MLFLOW_PORT}" != "$PG_PORT:$MLFLOW_PORT" ]; then
+    die "already running on ports $SAVED_PG_PORT (PostgreSQL) / $SAVED_MLFLOW_PORT (MLflow); run 'scripts/stack.sh down' first"
+  fi
+  save_settings
   if ! pg_running; then
     touch "$STACK/postgres.log"
     if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$STACK/postgres.log"; fi
