@@ -344,24 +344,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def log_mlflow(uri: str, table: str, rows: list[Row], meta: dict[str, Any]) -> str:
-    """One MLflow run in experiment ``peers``: the table as an artifact, each row's figures as metrics."""
-    import mlflow
-
+def log_mlflow(uri: str, table: str, rows: list[Row], meta: dict[str, Any],
+               artifact_location: str | None = None) -> str:
+    """One MLflow run in experiment ``peers`` (the project's tracking helpers): the table as an artifact, each row's
+    figures as metrics, threads / CPU / versions as params."""
     sys.path.insert(0, str(ROOT))
     from recsys import tracking
 
-    mlflow.set_tracking_uri(tracking.normalise_uri(uri))
-    mlflow.set_experiment("peers")
-    with mlflow.start_run(run_name="peers") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in meta.items()})
+    location = artifact_location or str(ROOT / "mlruns" / "artifacts")
+    with tracking.start_run(uri, "peers", "peers", artifact_location=location) as tr:
+        tr.log_params({k: str(v)[:500] for k, v in meta.items()})
         for n, r in enumerate(rows):
             tag = f"row{n}_{'project' if r.system == 'project' else 'peer'}"
-            mlflow.log_metrics({f"{tag}/seconds_per_epoch": r.seconds_per_epoch, f"{tag}/per_s": r.per_s,
-                                **{f"{tag}/{k}": v for k, v in r.quality.items()},
-                                **({f"{tag}/project_over_peer": r.ratio} if r.ratio is not None else {})})
-        mlflow.log_text(table + "\n", "peers.md")
-        return run.info.run_id
+            tr.log_metrics({f"{tag}/seconds_per_epoch": r.seconds_per_epoch, f"{tag}/per_s": r.per_s,
+                            **{f"{tag}/{k}": v for k, v in r.quality.items()},
+                            **({f"{tag}/project_over_peer": r.ratio} if r.ratio is not None else {})})
+        tr.log_text(table + "\n", "peers.md")
+        return tr.run_id
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -378,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--force", action="store_true", help="run even on a busy machine (the table says so)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "peers.md"),
                     help="markdown file for the table (the workers' logs go beside it as .log)")
-    ap.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $RECSYS_TRACKING_URI, "
+                    "$MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db, as the report CLI)")
     ap.add_argument("--project-override", action="append", default=[], help="extra Hydra override for project runs")
     args = ap.parse_args(argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +419,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     _atomic(out, "", table + note + "\n")
     print("\n" + table + note)
-    run_id = log_mlflow(args.tracking_uri, table + note, rows, meta)
+    sys.path.insert(0, str(ROOT))
+    from recsys.report.load import resolve_uri
+
+    run_id = log_mlflow(resolve_uri(args.tracking_uri), table + note, rows, meta)
     print(f"[peers] table: {out}; worker logs: {log_path}; MLflow run {run_id} (experiment peers)")
 
 

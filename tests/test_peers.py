@@ -150,3 +150,20 @@ def test_peers_quick_smoke(shared_data_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = out.read_text()
     assert table.count("| project |") == 3 and "RecBole 1.2.1" in table and "GRU4Rec official" in table
+
+
+def test_mlflow_run_holds_table_and_rows(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    peer = peers.Row("RecBole 1.2.1", "b256", 40.0, 100_000.0, "samples/s", {"hr_at_10": 0.69})
+    proj = peers.Row("project", "b256", 20.0, 200_000.0, "samples/s", {"hr_at_10": 0.70}, ratio=2.0)
+    table = peers.markdown_table([peer, proj])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = peers.log_mlflow(uri, table, [peer, proj], {"threads": 2, "cpu": "test cpu"}, str(tmp_path / "art"))
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "peers"
+    assert run.data.params["threads"] == "2" and run.data.params["cpu"] == "test cpu"
+    assert run.data.metrics["row1_project/project_over_peer"] == 2.0
+    assert run.data.metrics["row0_peer/hr_at_10"] == 0.69
+    assert (Path(client.download_artifacts(run_id, "peers.md", str(tmp_path))).read_text().strip() == table)
