@@ -11,7 +11,8 @@ size ``hidden_size`` instead (same role, factorised). ``nn.GRU`` is kept (rather
 PyTorch's dynamic int8 GRU and pruning utilities apply to it unchanged.
 
 Interface shared with the other models: ``forward(seq, lengths)`` = ``score`` -> (b, n_items) scores of the next item after
-each (right-padded) sequence; ``step(items, hidden)`` for session-parallel training and serving; ``config()``.
+each (right-padded) sequence; the SessionModel contract of ``models/base.py`` (``init_state`` / ``advance`` / ... =
+the GRU hidden state and ``step``) for session-parallel training, evaluation and serving; ``config()``.
 """
 from __future__ import annotations
 
