@@ -244,7 +244,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
-        print(f"MLflow UI:  mlflow ui --backend-store-uri {tracking.normalise_uri(cfg.tracking.uri)}")
+        print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
     return objective_values(cfg, logged)
 
