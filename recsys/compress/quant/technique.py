@@ -53,7 +53,7 @@ class PostTrainingQuantization(_Quant):
 @register
 class QuantizationAwareTraining(_Quant):
     """``quant.method=qat``: fake quantization (STE) of weights and optionally activations during the fine-tune stage
-    via :class:`~recsys.compress.quant_callback.QuantizationCallback`, converted to packed integers at the end."""
+    via :class:`~recsys.compress.quant.callback.QuantizationCallback`, converted to packed integers at the end."""
 
     method = "qat"
     label = "qat"
