@@ -244,6 +244,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         rows["dense"].update(measured)
         tr.log_metrics(prefixed("dense", rows["dense"]))
         tr.log_artifact(path, "artifacts")
+        dense_path, shipped_path = path, None
         model, ctx = compress_and_finetune(dense, data, cfg, family, logger, rows)
         last = list(rows)[-1]
         if ctx is not None:
@@ -258,11 +259,16 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
                 rows[last]["speedup_full_p50"] = d["latency_full_p50_ms"] / c["latency_full_p50_ms"]
             tr.set_tags({"artifact_format": ctx.artifact_format, **ctx.params})
             tr.log_artifact(path, "artifacts")
+            shipped_path = path
             for stage, m in rows.items():
                 if stage != "dense":
                     tr.log_metrics(prefixed(stage, m))
         final = rows[last]
         tr.log_metrics(prefixed("final", final))
+        if cfg.tracking.get("log_model", True):  # pyfunc models + Model Registry version (recsys.serve)
+            from recsys.serve.register import log_job_models
+
+            log_job_models(cfg, family, data, out_dir, dense_path, shipped_path, final, ctx)
         table = results_table(rows, int(cfg.eval.topk[0]))
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
