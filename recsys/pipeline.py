@@ -64,8 +64,7 @@ def run_name(cfg: DictConfig) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        over = HydraConfig.get().job.override_dirname
-        return f"{base} {over}" if over else base
+        return tracking.readable_run_name(base, list(HydraConfig.get().overrides.task))
     except Exception:  # noqa: BLE001
         return base
 

@@ -18,6 +18,12 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LEN = 6000
+# MLflow 3's UI reads this experiment tag to pick its layout; "custom_model_development" opens the runs table
+# (without it an experiment opens on the GenAI overview: traces, empty). Values from mlflow's UI bundle.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# keys that never go into a run name: the base name has model/data; paths and tracking say where, not what
+NAME_SKIP_KEYS = ("model", "data", "experiment", "hparams_search", "trainer.enable_progress_bar")
+NAME_SKIP_PREFIXES = ("paths.", "tracking.", "hydra.")
 
 
 def normalise_uri(uri: str) -> str:
@@ -44,14 +50,40 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # stores made before the tag existed open on the runs too
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
             return exp.experiment_id
         if artifact_location:
             Path(artifact_location).mkdir(parents=True, exist_ok=True)
             artifact_location = Path(artifact_location).resolve().as_uri()
-        return client.create_experiment(experiment, artifact_location=artifact_location)
+        return client.create_experiment(experiment, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     finally:
         if lock:
             lock.release()
+
+
+def _short_value(v: str) -> str:
+    """Numbers rounded to 3 significant digits (``2.9375e-05`` -> ``2.94e-05``, ``0.23333`` -> ``0.233``)."""
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    if v.strip().lstrip("+-").isdigit():
+        return v
+    return f"{f:.3g}"
+
+
+def readable_run_name(base: str, overrides: list[str]) -> str:
+    """``<model>-<data>`` plus only the swept/overridden keys, numbers rounded: ``neumf-ml-100k prune.ratio=0.233``."""
+    parts = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key in NAME_SKIP_KEYS or key.startswith(NAME_SKIP_PREFIXES):
+            continue
+        parts.append(f"{key}={_short_value(value)}")
+    return " ".join([base, *parts])
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
