@@ -84,8 +84,11 @@ def version_tags(cfg: dict[str, Any], final: dict[str, float], ctx_params: dict[
 
     flat = flatten(cfg)
     tags: dict[str, Any] = {"model": cfg["model"]["name"], "data": cfg["data"]["name"], "artifact_format": artifact_format}
+    used = {p for p in SETTING_PREFIXES if p != "finetune." and flat.get(p + "method") not in (None, "none")}
+    if used:
+        used.add("finetune.")  # fine-tuning settings matter only when something was compressed
     for k, v in flat.items():
-        if k.startswith(SETTING_PREFIXES) and v not in (None, "none", False) and not isinstance(v, (list, dict)):
+        if k.startswith(tuple(used)) and v is not None and not isinstance(v, (list, dict)):
             tags[k] = v
     tags.update({k: v for k, v in (ctx_params or {}).items()})
     tags.update({f"final/{k}": f"{final[k]:.6g}" for k in HEADLINE if k in final})
