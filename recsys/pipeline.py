@@ -273,6 +273,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
         print(f"MLflow UI:  mlflow ui --backend-store-uri {tracking.normalise_uri(cfg.tracking.uri)}")
+        print(f"            then open {tracking.experiment_url('http://127.0.0.1:5000', tr.run.info.experiment_id)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
     objectives = [str(o) for o in cfg.objectives]
     missing = [o for o in objectives if o not in logged]

@@ -63,6 +63,12 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
             lock.release()
 
 
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """Link to an experiment that opens on its runs table: MLflow 3.17's UI chooses GenAI (traces overview) or model
+    training (runs) from its ``workflowType`` switch, default GenAI; the experiment tag alone does not override it."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def _short_value(v: str) -> str:
     """Numbers rounded to 3 significant digits (``2.9375e-05`` -> ``2.94e-05``, ``0.23333`` -> ``0.233``)."""
     try:

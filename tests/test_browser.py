@@ -115,6 +115,12 @@ def test_mlflow_ui_shows_runs_and_metric_column(mlflow_server, tmp_path):
         driver.quit()
 
 
+def ui_link(url: str, exp_id: str) -> str:
+    from recsys.tracking import experiment_url
+
+    return experiment_url(url, exp_id)
+
+
 def build_sweep_store(root: Path) -> tuple[str, str, dict[str, dict[str, float]]]:
     """A sweep as the pipeline logs it: a study parent run and its trials nested under it (``mlflow.parentRunId``),
     named the pipeline's way (``recsys.tracking.readable_run_name``), through the real ``init_store``."""
@@ -168,7 +174,9 @@ def test_experiment_opens_on_runs_table_and_sweep_runs_compare(sweep_server, tmp
     wait = WebDriverWait(driver, 60, poll_frequency=0.5)
     names = sorted(logged)
     try:
-        driver.get(f"{url}/#/experiments/{exp_id}")  # the experiment itself, as a user clicks it: no /runs in the URL
+        # the experiment itself (no /runs in the URL) as the link the pipeline prints: MLflow 3.17's UI picks its
+        # layout from the GenAI / Model training switch (URL workflowType or browser storage), not from the tag
+        driver.get(ui_link(url, exp_id))
         try:
             wait.until(lambda d: "study:prune_lr" in body())
             assert "/runs" in driver.current_url, driver.current_url  # the UI routed to the runs table
