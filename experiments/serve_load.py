@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for variant in models:
-        model_uri, n_users, n_items = train_and_register(variant, base, uri)
+        model_uri, _, _ = train_and_register(variant, base, uri)
         mlflow.set_tracking_uri(uri)
         info = mlflow.models.get_model_info(model_uri)
         served = mlflow.pyfunc.load_model(model_uri)   # the same model in this process: its id maps, its latency

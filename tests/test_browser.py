@@ -185,7 +185,7 @@ def test_experiment_opens_on_runs_table_and_sweep_runs_compare(sweep_server, tmp
             wait.until(lambda d: all(n in body() for n in names))
             driver.find_element(By.XPATH, "//button[contains(., 'Columns')]").click()
             for key in ("final/hr_at_10", "final/artifact_bytes"):
-                wait.until(lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{key}']"))
+                wait.until(lambda d, key=key: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{key}']"))
                 driver.find_element(By.XPATH, f"//*[normalize-space(text())='{key}']").click()
             driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
             wait.until(lambda d: all(f"{m['final/hr_at_10']:.4f}"[:5] in body() for m in logged.values()))

@@ -144,7 +144,7 @@ def test_mlflow_models_serve_answers_same_top_k(job):
                                                                          for u in users]})
         assert status == 200, body
         served = mlflow.pyfunc.load_model("models:/neumf-ml-100k/1")
-        local_model_ids = lambda recs: served.predict(recs)["item_ids"][0]  # noqa: E731
+        local_model_ids = lambda recs: served.predict(recs)["item_ids"][0]
         local = served.predict([{"user_id": u, "k": 10} for u in users])
         assert [p["item_ids"] for p in body["predictions"]] == local["item_ids"].tolist()
         np.testing.assert_allclose([p["scores"] for p in body["predictions"]], local["scores"].tolist(), rtol=1e-5)

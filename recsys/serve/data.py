@@ -72,7 +72,7 @@ class ServeData:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ServeData":
+    def load(cls, path: str | Path) -> ServeData:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["item_ids"], z["user_ids"], z["seen_indptr"], z["seen_indices"])
 

@@ -119,10 +119,10 @@ def load_recommender(artifacts: dict[str, str], config: dict[str, Any]) -> Recom
 class RecsysPyfunc(PythonModel):
     """MLflow wrapper of ``Recommender``: loads the artifact on the runtime chosen at logging time."""
 
-    def load_context(self, context):  # noqa: ANN001 - no hints: MLflow would try to infer a schema from them
+    def load_context(self, context):
         self.rec = load_recommender(dict(context.artifacts), dict(context.model_config or {}))
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - see load_context
+    def predict(self, context, model_input, params=None):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
