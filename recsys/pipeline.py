@@ -272,8 +272,10 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
-        print(f"MLflow UI:  mlflow ui --backend-store-uri {tracking.normalise_uri(cfg.tracking.uri)}")
-        print(f"            then open {tracking.experiment_url('http://127.0.0.1:5000', tr.run.info.experiment_id)}")
+        print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")
+        server = tracking.is_server(tracking.normalise_uri(cfg.tracking.uri))
+        ui = tracking.normalise_uri(cfg.tracking.uri) if server else "http://127.0.0.1:5000"
+        print(f"            runs table: {tracking.experiment_url(ui, tr.run.info.experiment_id)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
     objectives = [str(o) for o in cfg.objectives]
     missing = [o for o in objectives if o not in logged]
