@@ -64,8 +64,7 @@ def run_name(cfg: DictConfig) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        over = HydraConfig.get().job.override_dirname
-        return f"{base} {over}" if over else base
+        return tracking.readable_run_name(base, list(HydraConfig.get().overrides.task))
     except Exception:  # noqa: BLE001
         return base
 
@@ -222,6 +221,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         dense_row.update(measured)
         tr.log_metrics(prefixed("dense", dense_row))
         tr.log_artifact(path, "artifacts")
+        dense_path, shipped_path, fmt = path, None, "dense"
         result = compress_and_finetune(dense, data, cfg, plain, family, trainer)
         rows = {"dense": dense_row, **result.figures}
         if result.ctx is not None:
@@ -235,16 +235,25 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
             rows[result.final] = final
             tr.set_tags({"artifact_format": fmt, **result.ctx.params})
             tr.log_artifact(path, "artifacts")
+            shipped_path = path
             for stage, m in rows.items():
                 if stage != "dense":
                     tr.log_metrics(prefixed(stage, m))
         final = rows[result.final]
         tr.log_metrics(prefixed("final", final))
+        if cfg.tracking.get("log_model", True):  # pyfunc models + Model Registry version (recsys.serve)
+            from recsys.serve.register import log_job_models
+
+            log_job_models(cfg, family, data, out_dir, dense_path, shipped_path, final, fmt,
+                           result.ctx.params if result.ctx is not None else None)
         table = results_table(rows, int(cfg.eval.topk[0]))
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
         print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")
+        server = tracking.is_server(tracking.normalise_uri(cfg.tracking.uri))
+        ui = tracking.normalise_uri(cfg.tracking.uri) if server else "http://127.0.0.1:5000"
+        print(f"            runs table: {tracking.experiment_url(ui, tr.run.info.experiment_id)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
     return objective_values(cfg, logged)
 
