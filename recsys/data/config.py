@@ -111,9 +111,6 @@ def parse_data_cfg(data_cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if isinstance(data_cfg, DataConfig):
         return data_cfg
     raw = _plain(data_cfg)
-    unknown = sorted(k for k in raw if k not in _FIELDS and k not in IGNORED_KEYS)
-    if unknown:
-        raise ConfigError(f"data config: unknown key(s) {unknown}; allowed keys: {sorted(_FIELDS)}.")
     for key in ("name", "format", "source"):
         if raw.get(key) in (None, ""):
             raise ConfigError(f"data config: missing required key 'data.{key}'"
@@ -123,6 +120,9 @@ def parse_data_cfg(data_cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         if fmt in ALL_FORMATS:
             raise ConfigError(f"data.format={fmt!r} is read by {ALL_FORMATS[fmt]}, not by this model.")
         raise ConfigError(f"data.format={fmt!r} is not supported; allowed values: {allowed_formats()}.")
+    unknown = sorted(k for k in raw if k not in _FIELDS and k not in IGNORED_KEYS)
+    if unknown:
+        raise ConfigError(f"data config: unknown key(s) {unknown}; allowed keys: {sorted(_FIELDS)}.")
     if fmt == "csv" and not raw.get("train_file"):
         raise ConfigError("data config: format 'csv' needs 'data.train_file' (and 'data.user_col', 'data.item_col').")
     if fmt == "ncf" and not raw.get("ncf_prefix"):

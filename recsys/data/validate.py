@@ -10,6 +10,7 @@ the error path.
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -187,7 +188,14 @@ class Table:
 
 
 def parse_times(s: pd.Series, time_format: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(seconds as float64, invalid mask, what was expected): numbers as they are, date strings via ``time_format``."""
+    """(seconds as float64, invalid mask, what was expected): numbers as they are, date strings via ``time_format``;
+    ISO dates / date-times that pyarrow already recognised while parsing are taken as they are."""
+    first = s.dropna().iloc[0] if s.notna().any() else None
+    if pd.api.types.is_datetime64_any_dtype(s) or isinstance(first, (datetime.date, datetime.datetime)):
+        t = pd.to_datetime(s, utc=True, errors="coerce")
+        invalid = t.isna().to_numpy()
+        secs = np.where(invalid, np.nan, (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64))
+        return secs, invalid, "an ISO date or date-time"
     if time_format is None:
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return v, ~np.isfinite(v), "a number (a timestamp)"
