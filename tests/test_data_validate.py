@@ -130,6 +130,7 @@ def test_minus_one_labels_and_dates_are_read(tmp_path):
 def test_separator_names_and_empty_separator():
     assert normalize_sep("tab") == "\t" and normalize_sep("space") == " " and normalize_sep("semicolon") == ";"
     assert normalize_sep(";") == ";" and normalize_sep("\t") == "\t"
+    assert normalize_sep("\\t") == "\t"          # what Hydra hands over for data.sep=\t typed in a shell
     with pytest.raises(ConfigError, match="data.sep=space"):
         normalize_sep("")
 

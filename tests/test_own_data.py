@@ -136,6 +136,9 @@ def test_readme_command_runs(command, tmp_path, data_root):
     m = r.data.metrics
     if model_of(args) == "deepfm":
         assert 0.0 <= m["final/auc"] <= 1.0 and np.isfinite(m["final/logloss"])
+        table = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").download_artifacts(r.info.run_id, "results.md",
+                                                                                           str(tmp_path))
+        assert "| AUC | logloss |" in Path(table).read_text()     # the CTR family's two main metrics, side by side
     elif model_of(args) == "gru4rec":
         assert "final/recall_at_20" in m and "final/mrr_at_20" in m
         assert "last 1 day" in r.data.tags["split"]

@@ -244,7 +244,8 @@ def read_table(path: str | Path, sep: str = ",", header: bool = True, n_cols: in
             raise DataError(path, "a Parquet file with 0 rows", "at least one data row")
         frame.columns = [str(c) for c in frame.columns]
         return Table(path, frame, header=True, bad_lines=bad_lines, parquet=True)
-    if path.stat().st_size == 0 or not _raw_bytes(path).strip():
+    size = path.stat().st_size
+    if size == 0 or (size < 1 << 16 and not _raw_bytes(path).strip()):
         raise DataError(path, "an empty file", "lines of " + (expected or "data"))
     invalid: list[tuple[int, int, str]] = []
 
@@ -273,6 +274,8 @@ def read_table(path: str | Path, sep: str = ",", header: bool = True, n_cols: in
     try:
         table = _read(pacsv.ConvertOptions(strings_can_be_null=True))
     except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
+            raise DataError(path, "an empty file", "lines of " + (expected or "data")) from None
         if "conversion error" not in str(e):   # a type clash between blocks: read every column as text instead
             raise DataError(path, f"a file that cannot be parsed ({e})", "delimited text")
         names0 = pacsv.read_csv(_src(), read_options=pacsv.ReadOptions(autogenerate_column_names=not header,
