@@ -155,3 +155,16 @@ def test_parquet_rows_are_named(tmp_path):
     pd.DataFrame({"label": [1, 0, 5], "a": ["x", "y", "z"]}).to_parquet(p)
     with pytest.raises(DataError, match=r"Parquet row 3"):
         read_table(p).columns({"label": ("label", "data.label_col", "label")})
+
+
+def test_criteo_format_accepts_minus_one_labels(tmp_path):
+    """Issue 16's case: Criteo rows labelled {-1, 1} used to train an epoch and then fail in AUC."""
+    from recsys.data.ctr import parse_criteo_cfg, read_criteo
+
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = [[1 if r % 3 == 0 else -1] + [r % 7] * 13 + [f"h{r % 5}"] * 26 for r in range(60)]
+    write(tmp_path, "crit/rows.csv", ",".join(names) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    cfg = parse_criteo_cfg({"name": "crit", "format": "criteo", "source": "crit", "file": "rows.csv", "min_count": 2})
+    t = read_criteo(cfg, tmp_path / "data", tmp_path, seed=0)
+    assert sorted(set(t.labels.tolist())) == [0.0, 1.0] and t.labels.sum() == 20
+    assert "random rows (seed=0)" in t.split_rule
