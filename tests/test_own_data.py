@@ -119,6 +119,17 @@ def readme_yaml() -> tuple[str, str]:
 COMMANDS = readme_commands()
 
 
+def test_conf_comment_commands_are_readme_commands():
+    """The commands in the generic data presets' comments are README commands, so the test below runs them too."""
+    found = 0
+    for name in ("csv", "ctr_csv", "libfm", "sessions_csv"):
+        text = (ROOT / "conf" / "data" / f"{name}.yaml").read_text()
+        for cmd in re.findall(r"^#\s+(python run\.py .*)$", text, re.M):
+            assert cmd.strip() in COMMANDS, (name, cmd)
+            found += 1
+    assert found == 4
+
+
 def test_readme_section_documents_all_three_kinds():
     kinds = " ".join(COMMANDS)
     assert "data=csv" in kinds and "data=ctr_csv" in kinds and "data=libfm" in kinds and "data=sessions_csv" in kinds
