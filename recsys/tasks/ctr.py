@@ -204,8 +204,10 @@ class CTRFamily(TaskFamily):
                 "data/positive_rate": float(t.labels.mean()), "data/skipped_lines": t.skipped_lines,
                 "data/n_features": float(sum(t.field_dims) + sum(t.bag_dims) + t.dense.shape[1])}
         s = data.split
-        return tags, {"data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
-                      "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims))}
+        return {**tags, **s.tags()}, {
+            "data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
+            "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims)),
+            "data/skipped_lines": s.skipped_lines}
 
     def model_spec(self, model_cfg: dict[str, Any], data: CTRData) -> dict[str, Any]:
         kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in TRAIN_KEYS}
