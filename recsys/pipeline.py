@@ -268,7 +268,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
-        print(f"MLflow UI:  mlflow ui --backend-store-uri {tracking.normalise_uri(cfg.tracking.uri)}")
+        print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
     objectives = [str(o) for o in cfg.objectives]
     missing = [o for o in objectives if o not in logged]

@@ -2,7 +2,8 @@
 
 The default store is a sqlite file under ``mlruns/`` (MLflow 3 rejects a plain file store). Several Hydra jobs may start
 at once on a fresh store and race on sqlite's schema migration, so the store and the experiment are created under a
-file lock before any run starts.
+file lock before any run starts. With an MLflow tracking server (``http://...``, e.g. ``scripts/stack.sh``) the server
+owns the artifact store: the experiment gets the server's default location and artifacts go up through HTTP.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from typing import Any
 
 import mlflow
 from filelock import FileLock
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LEN = 6000
+MAX_RUN_NAME_LEN = 250  # runs.name is VARCHAR(250) in MLflow's schema; PostgreSQL enforces it (sqlite does not)
 
 
 def normalise_uri(uri: str) -> str:
@@ -26,6 +29,17 @@ def normalise_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
+
+
+def is_server(uri: str) -> bool:
+    """True for an MLflow tracking server URI (the server stores runs and artifacts; no local paths apply)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_hint(uri: str) -> str:
+    """How a person looks at the runs: the server's address, or the ``mlflow ui`` command for a local store."""
+    uri = normalise_uri(uri)
+    return uri if is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
 
 
 def init_store(uri: str, experiment: str, artifact_location: str | None = None) -> str:
@@ -45,10 +59,19 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
             return exp.experiment_id
-        if artifact_location:
+        if is_server(uri):
+            artifact_location = None  # the server's own (proxied) artifact store, reachable from every worker
+        elif artifact_location:
             Path(artifact_location).mkdir(parents=True, exist_ok=True)
             artifact_location = Path(artifact_location).resolve().as_uri()
-        return client.create_experiment(experiment, artifact_location=artifact_location)
+        try:
+            return client.create_experiment(experiment, artifact_location=artifact_location)
+        except MlflowException:
+            # another worker on a shared server created it between our lookup and our create (no file lock there)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
     finally:
         if lock:
             lock.release()
@@ -115,6 +138,9 @@ def start_run(uri: str, experiment: str, run_name: str, artifact_location: str |
     exp_id = init_store(uri, experiment, artifact_location)
     mlflow.set_tracking_uri(uri)
     base_tags = {"git_commit": git_commit(), "host_threads": os.cpu_count()}
+    if len(run_name) > MAX_RUN_NAME_LEN:  # the whole name stays readable in a tag (tags hold up to 8000 characters)
+        base_tags["full_run_name"] = run_name
+        run_name = run_name[:MAX_RUN_NAME_LEN - 3] + "..."
     base_tags.update(tags or {})
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                           tags={k: str(v) for k, v in base_tags.items()}) as run:

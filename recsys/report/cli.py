@@ -11,7 +11,7 @@ from recsys.report.load import ReportError, Selection
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m recsys.report", description=__doc__)
     p.add_argument("--experiment", "-e", help="MLflow experiment name (tracking.experiment; default recsys-compress)")
-    p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--uri", help="tracking URI (default: $RECSYS_TRACKING_URI, $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     p.add_argument("--sweep", help="a Hydra sweep: its dir (multirun/...), last part, or sweep_id tag")
     p.add_argument("--study", help="an Optuna study name (runs tagged optuna_study by hparams_search sweeps)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag (repeat)")

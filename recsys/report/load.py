@@ -51,10 +51,12 @@ class Selection:
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    """The tracking URI: given, else $MLFLOW_TRACKING_URI, else the project's default sqlite store (made absolute)."""
+    """The tracking URI: given, else $RECSYS_TRACKING_URI (scripts/stack.sh env), else $MLFLOW_TRACKING_URI, else the
+    project's default sqlite store (made absolute)."""
     from recsys.tracking import normalise_uri
 
-    return normalise_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    return normalise_uri(uri or os.environ.get("RECSYS_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+                         or DEFAULT_URI)
 
 
 def _quote(v: str) -> str:
