@@ -35,13 +35,12 @@ class _ScoreOnly(torch.nn.Module):
 
 def main(argv: list[str] | None = None) -> int:
     """Build each runtime, measure it, print a table and log it."""
-    from recsys.compress.quant_callback import quantize_
-    from recsys.compress.quant_kernels import torch_ao_dynamic_int8
-    from recsys.compress.quantize import QuantConfig
+    from recsys.compress.quant import QuantConfig, quantize_
     from recsys.export.artifact import load_artifact
     from recsys.export.onnx_backend import backend_scorer, score_gap
     from recsys.measure.latency import LatencyConfig, measure_latency
     from recsys.models.ncf import NeuMF
+    from recsys.nn.quantized import torch_ao_dynamic_int8
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifact", help="a dense artifact (.pt) to measure instead of a random model")

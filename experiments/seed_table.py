@@ -4,7 +4,7 @@
     python experiments/seed_table.py data=ml-100k hydra.sweeper.params.seed=42,43,44   # overrides pass through
     python experiments/seed_table.py --sweep multirun/2026-11-25/07-00-00              # table only, from MLflow
 
-The table itself is built by ``recsys.compress.prune_report`` (also the Hydra callback of the experiment), printed,
+The table itself is built by ``recsys.report.prune_report`` (also the Hydra callback of the experiment), printed,
 written as CSV + markdown under the sweep dir and logged to an MLflow report run.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     args, overrides = ap.parse_known_args(argv)
     if args.sweep:
-        from recsys.compress.prune_report import build_seed_table
+        from recsys.report.prune_report import build_seed_table
 
         md, files = build_seed_table(args.sweep, args.uri, args.experiment, args.k)
         print(md)

@@ -7,25 +7,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from recsys import checks, tracking
-from recsys.compress.base import CompressContext, configured
+from recsys.compress.base import CompressContext, Technique, configured
 from recsys.errors import ConfigError
 from recsys.export.artifact import artifact_meta, check_same_scores, load_artifact, save_artifact
-from recsys.export.lowrank import with_structure
+from recsys.export.formats import artifact_format
 from recsys.measure.size import count_params
 from recsys.models import build_model
 from recsys.tasks.base import TaskFamily, get_family
-from recsys.tasks.fit import fit
+from recsys.tasks.fit import StageTrainer
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -64,38 +64,17 @@ def run_name(cfg: DictConfig) -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        over = HydraConfig.get().job.override_dirname
-        return f"{base} {over}" if over else base
+        return tracking.readable_run_name(base, list(HydraConfig.get().overrides.task))
     except Exception:  # noqa: BLE001
         return base
 
 
 # ------------------------------------------------------------------------------------------------------------ stages
-def train_model(model: torch.nn.Module, data: Any, cfg: DictConfig, stage: str, logger: Any, lr: float | None = None,
-                optimizer: str | None = None, epochs: int | None = None, data_fraction: float = 1.0,
-                callbacks: tuple | list = (), select_best: bool = True, task: L.LightningModule | None = None
-                ) -> dict[str, float]:
-    """Train ``model`` in place with its family's task; by default keeps the best validation epoch."""
-    family = get_family(cfg.model.task)
-    task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
-    dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
-    Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
-    ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
-    try:
-        info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True),
-                   logger=logger, callbacks=list(callbacks), ckpt_dir=ckpt, monitor=f"{stage}/epoch_{family.monitor}",
-                   select_best=select_best, patience=cfg.train.get("patience") if select_best else None)
-    finally:
-        shutil.rmtree(ckpt, ignore_errors=True)  # the best weights are back in the model; the file is not needed
-    n = family.samples_per_epoch(data, cfg, data_fraction) * info["epochs_run"]
-    info["samples_per_s"] = n / max(info["train_seconds"], 1e-9)
-    info["seconds_per_epoch"] = info["train_seconds"] / max(info["epochs_run"], 1.0)
-    return info
-
-
-def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Module, dict[str, float]]:
-    """The trained dense model: from the cache keyed by (data, model, train, seed), else trained (once, under a lock)."""
-    family = get_family(cfg.model.task)
+def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | None = None
+                ) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The trained dense model: from the cache keyed by (data, model, train, seed), else trained (once, under a lock).
+    A family may initialise it first (``family.pretrain``: NeuMF from GMF and MLP), from dense models of its own."""
+    family = family or get_family(cfg.model.task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     # pre-training settings change nothing unless pre-training is on, so they stay out of the key then
     key_model = model_cfg if model_cfg.get("pretrain") else {k: v for k, v in model_cfg.items()
@@ -116,35 +95,11 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any) -> tuple[torch.nn.Modul
             return load_artifact(path), info
         L.seed_everything(cfg.seed, workers=True)
         model = build_model(family.model_spec(model_cfg, data))
-        info: dict[str, float] = {}
-        if model_cfg.get("pretrain"):
-            info.update(pretrain_neumf(model, cfg, data))
-            opt, lr = model_cfg.get("pretrain_optimizer", "sgd"), model_cfg.get("pretrain_lr", cfg.train.lr)
-            info.update(train_model(model, data, cfg, "dense", logger, lr=lr, optimizer=opt))
-        else:
-            info.update(train_model(model, data, cfg, "dense", logger))
+        info, train_kw = family.pretrain(model, cfg, data, lambda sub: dense_model(sub, data, False, family))
+        info.update(StageTrainer(family, data, cfg, logger).train(model, "dense", **train_kw))
         info["cache_hit"] = 0.0
         save_artifact(model, path, meta={"train_info": info, "key": key, **data_tags, "model": cfg.model.name})
         return model, info
-
-
-def pretrain_neumf(model: torch.nn.Module, cfg: DictConfig, data: Any) -> dict[str, float]:
-    """Train GMF and MLP with the same settings (each cached), then initialise NeuMF from them (He et al., Sec. 3.4.1)."""
-    seconds = 0.0
-    parts = {}
-    for name, target, kw in (("gmf", "recsys.models.ncf.GMF", {"factors": cfg.model.factors}),
-                             ("mlp", "recsys.models.ncf.MLP", {"layers": list(cfg.model.mlp_layers),
-                                                              "dropout": cfg.model.dropout})):
-        sub = copy.deepcopy(cfg)
-        with open_dict(sub):
-            sub.model = OmegaConf.create({"_target_": target, "name": name, "task": cfg.model.task, **kw})
-        m, info = dense_model(sub, data, logger=False)
-        seconds += info.get("train_seconds", 0.0)
-        parts[name] = m
-        print(f"[pretrain] {name}: ready (train_seconds={info.get('train_seconds', 0):.1f}, "
-              f"cache_hit={info.get('cache_hit')})")
-    model.load_pretrained(parts["gmf"], parts["mlp"], alpha=float(cfg.model.get("pretrain_alpha", 0.5)))
-    return {"pretrain_seconds": seconds}
 
 
 def export_and_measure(model: torch.nn.Module, data: Any, cfg: DictConfig, family: TaskFamily, name: str,
@@ -171,6 +126,7 @@ def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     """A small markdown table of every stage (headers in the @ form, metric keys stay *_at_*)."""
     cols = [(f"hr_at_{k}", f"HR@{k}", "{:.4f}"), (f"ndcg_at_{k}", f"NDCG@{k}", "{:.4f}"),
             (f"recall_at_{k}", f"recall@{k} (full)", "{:.4f}"), ("auc", "AUC", "{:.4f}"),
+            ("logloss", "logloss", "{:.4f}"),
             ("recall_at_20", "recall@20", "{:.4f}"), ("mrr_at_20", "MRR@20", "{:.4f}"),
             ("params_nonzero", "nonzero params", "{:,.0f}"), ("artifact_bytes", "artifact MB", "{:.3f}"),
             ("latency_p50_ms", "p50 ms", "{:.3f}"), ("latency_p99_ms", "p99 ms", "{:.3f}"),
@@ -184,14 +140,24 @@ def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def compress_and_finetune(dense: torch.nn.Module, data: Any, cfg: DictConfig, family: TaskFamily, logger: Any,
-                          rows: dict[str, dict[str, float]]) -> tuple[torch.nn.Module, CompressContext | None]:
+@dataclass
+class StageResult:
+    """What a stage produced: its model and the figures it measured (merged into the job's table by ``run``)."""
+
+    model: torch.nn.Module
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)   # stage name -> metrics, in stage order
+    final: str = "dense"                                                   # the stage whose model ships
+    ctx: CompressContext | None = None
+    techniques: list[Technique] = field(default_factory=list)
+
+
+def compress_and_finetune(dense: torch.nn.Module, data: Any, cfg: DictConfig, plain: dict[str, Any],
+                          family: TaskFamily, trainer: StageTrainer) -> StageResult:
     """Apply the configured techniques, evaluate, fine-tune (masks/quantizers in force), finalize, evaluate."""
-    techniques = configured(OmegaConf.to_container(cfg, resolve=True))
+    techniques = configured(plain)
     if not techniques:
-        return dense, None
-    ctx = CompressContext(cfg=cfg, data=data, family=family, dense=dense, evaluate=lambda m: family.evaluate(m, data, cfg),
-                          train=lambda m, stage, **kw: train_model(m, data, cfg, stage, logger, **kw))
+        return StageResult(dense)
+    ctx = CompressContext(cfg=cfg, data=data, family=family, dense=dense, trainer=trainer)
     label = techniques[0].label if len(techniques) == 1 else "compressed"
     model = copy.deepcopy(dense)
     for t in techniques:
@@ -201,29 +167,40 @@ def compress_and_finetune(dense: torch.nn.Module, data: Any, cfg: DictConfig, fa
     if epochs <= 0:
         for t in techniques:
             model = t.finalize(model, ctx)
-        rows[label] = family.evaluate(model, data, cfg)
-        return model, ctx
-    rows[label] = family.evaluate(model, data, cfg)
+        return StageResult(model, {label: trainer.evaluate(model)}, label, ctx, techniques)
+    figures = {label: trainer.evaluate(model)}
     cbs = [cb for t in techniques for cb in t.callbacks(ctx)]
-    info = train_model(model, data, cfg, "finetune", logger, lr=float(ft.get("lr", cfg.train.lr)), epochs=epochs,
-                       data_fraction=float(ft.get("data_fraction", 1.0)), callbacks=cbs,
-                       select_best=bool(ft.get("select_best", False)))
+    info = trainer.train(model, "finetune", lr=float(ft.get("lr", cfg.train.lr)), epochs=epochs,
+                         data_fraction=float(ft.get("data_fraction", 1.0)), callbacks=cbs,
+                         select_best=bool(ft.get("select_best", False)))
     for t in techniques:
         model = t.finalize(model, ctx)
-    rows["finetuned"] = {**info, **family.evaluate(model, data, cfg)}
-    return model, ctx
+    figures["finetuned"] = {**info, **trainer.evaluate(model)}
+    return StageResult(model, figures, "finetuned", ctx, techniques)
+
+
+def objective_values(cfg: DictConfig, logged: dict[str, float]) -> float | tuple[float, ...]:
+    """The sweep objective(s) ``cfg.objectives`` from what the job logged (one float, or a tuple for several)."""
+    objectives = [str(o) for o in cfg.objectives]
+    missing = [o for o in objectives if o not in logged]
+    if missing:
+        raise ConfigError(f"objectives={missing} are not logged by this job; available: {sorted(logged)}")
+    vals = tuple(float(logged[o]) for o in objectives)
+    return vals[0] if len(vals) == 1 else vals
 
 
 # -------------------------------------------------------------------------------------------------------------- main
-def validate(cfg: DictConfig) -> None:
-    """Every config check, before any data is read or any model trained (raises one ConfigError listing them all)."""
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Every config check, before any data is read or any model trained (raises one ConfigError listing them all);
+    returns the plain resolved config the later stages read."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     checks.validate(plain)
+    return plain
 
 
 def run(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run one job; returns the configured objective metric(s) for Hydra sweepers."""
-    validate(cfg)
+    plain = validate(cfg)
     family = get_family(cfg.model.task)
     Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
     data = family.load_data(cfg)
@@ -232,49 +209,54 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     tags = {**data_tags, "model": cfg.model.name, "task": family.name, **hydra_tags()}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg),
                             artifact_location=cfg.tracking.get("artifact_location"), tags=tags) as tr:
-        tr.log_params(OmegaConf.to_container(cfg, resolve=True))
+        tr.log_params(plain)
         tr.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tr.log_metrics(data_metrics)
         tr.set_tags({"latency_backend": "pytorch-eager",
                      "bench_backends": ",".join(cfg.bench.get("backends") or ["eager"])})
         logger = make_logger(cfg, tr)
-        dense, info = dense_model(cfg, data, logger)
-        rows: dict[str, dict[str, float]] = {"dense": {**info, **family.evaluate(dense, data, cfg)}}
+        trainer = StageTrainer(family, data, cfg, logger)
+        dense, info = dense_model(cfg, data, logger, family)
+        dense_row = {**info, **trainer.evaluate(dense)}
         measured, path = export_and_measure(dense, data, cfg, family, "dense", out_dir)
-        rows["dense"].update(measured)
-        tr.log_metrics(prefixed("dense", rows["dense"]))
+        dense_row.update(measured)
+        tr.log_metrics(prefixed("dense", dense_row))
         tr.log_artifact(path, "artifacts")
-        model, ctx = compress_and_finetune(dense, data, cfg, family, logger, rows)
-        last = list(rows)[-1]
-        if ctx is not None:
-            ctx.artifact_format = with_structure(model, ctx.artifact_format)  # low-rank factors around any encoding
-            measured, path = export_and_measure(model, data, cfg, family, "compressed", out_dir, fmt=ctx.artifact_format)
-            rows[last].update(measured)
-            rows[last].update(ctx.metrics)
-            d, c = rows["dense"], rows[last]
-            rows[last]["compression_ratio"] = d["artifact_bytes"] / c["artifact_bytes"]
-            rows[last]["speedup_p50"] = d["latency_p50_ms"] / c["latency_p50_ms"]
-            if "latency_full_p50_ms" in c:
-                rows[last]["speedup_full_p50"] = d["latency_full_p50_ms"] / c["latency_full_p50_ms"]
-            tr.set_tags({"artifact_format": ctx.artifact_format, **ctx.params})
+        dense_path, shipped_path, fmt = path, None, "dense"
+        result = compress_and_finetune(dense, data, cfg, plain, family, trainer)
+        rows = {"dense": dense_row, **result.figures}
+        if result.ctx is not None:
+            fmt = artifact_format(result.model, any(t.ships_sparse for t in result.techniques))
+            measured, path = export_and_measure(result.model, data, cfg, family, "compressed", out_dir, fmt=fmt)
+            final = {**rows[result.final], **measured, **result.ctx.metrics}
+            final["compression_ratio"] = dense_row["artifact_bytes"] / final["artifact_bytes"]
+            final["speedup_p50"] = dense_row["latency_p50_ms"] / final["latency_p50_ms"]
+            if "latency_full_p50_ms" in final:
+                final["speedup_full_p50"] = dense_row["latency_full_p50_ms"] / final["latency_full_p50_ms"]
+            rows[result.final] = final
+            tr.set_tags({"artifact_format": fmt, **result.ctx.params})
             tr.log_artifact(path, "artifacts")
+            shipped_path = path
             for stage, m in rows.items():
                 if stage != "dense":
                     tr.log_metrics(prefixed(stage, m))
-        final = rows[last]
+        final = rows[result.final]
         tr.log_metrics(prefixed("final", final))
+        if cfg.tracking.get("log_model", True):  # pyfunc models + Model Registry version (recsys.serve)
+            from recsys.serve.register import log_job_models
+
+            log_job_models(cfg, family, data, out_dir, dense_path, shipped_path, final, fmt,
+                           result.ctx.params if result.ctx is not None else None)
         table = results_table(rows, int(cfg.eval.topk[0]))
         tr.log_text(table + "\n", "results.md")
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
         print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")
+        server = tracking.is_server(tracking.normalise_uri(cfg.tracking.uri))
+        ui = tracking.normalise_uri(cfg.tracking.uri) if server else "http://127.0.0.1:5000"
+        print(f"            runs table: {tracking.experiment_url(ui, tr.run.info.experiment_id)}")
         logged = {**prefixed("final", final), **{k: v for s, m in rows.items() for k, v in prefixed(s, m).items()}}
-    objectives = [str(o) for o in cfg.objectives]
-    missing = [o for o in objectives if o not in logged]
-    if missing:
-        raise ConfigError(f"objectives={missing} are not logged by this job; available: {sorted(logged)}")
-    vals = tuple(float(logged[o]) for o in objectives)
-    return vals[0] if len(vals) == 1 else vals
+    return objective_values(cfg, logged)
 
 
 def make_logger(cfg: DictConfig, tr: tracking.Tracker) -> Any:

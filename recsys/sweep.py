@@ -14,8 +14,11 @@
 Word clash: ``prune.*`` keys are *weight* pruning. Optuna's "pruners" (early stopping of bad trials) are not used by
 Hydra's sweeper and nothing here is named after them.
 
-Hydra instantiates sweepers only from plugin classes it has registered; the ``hydra.callbacks.recsys_sweep`` entry in
-``conf/hparams_search/*.yaml`` imports this module first, which registers ``TradeoffSweeper`` (see ``SweepSetup``).
+Hydra finds the sweeper as a plugin: ``hydra_plugins/recsys_sweeper/`` (a ``hydra_plugins`` namespace package) holds
+the ``Sweeper`` class Hydra registers and its ConfigStore entry ``hydra/sweeper=tradeoff``, which
+``conf/hparams_search/*.yaml`` select by name (``python run.py --info plugins`` lists it). That class delegates to
+``TradeoffSweeper`` here, imported only when a sweep starts. Only public Optuna APIs are used (``study.ask`` with the
+search space, ``study.tell`` by trial number, ``study.enqueue_trial``).
 """
 from __future__ import annotations
 
@@ -23,15 +26,16 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
-from hydra.experimental.callback import Callback
+from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -46,6 +50,50 @@ METRIC_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 class SweepConfigError(ConfigError):
     """A search space, objective or study setting that cannot work; raised before any trial runs."""
+
+
+# ------------------------------------------------------------------------------------------- search-space parsing
+def distribution_of(override: Override) -> BaseDistribution | str:
+    """Hydra sweep syntax -> an Optuna distribution (a plain value -> its string): ``choice(...)`` and shuffled or
+    transformed ranges -> categorical; ``range(a, b, step)`` -> int/float with step (Hydra's stop is exclusive,
+    Optuna's high is inclusive); ``interval(a, b)`` -> uniform, ``tag(log, interval(a, b))`` -> log-uniform."""
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and (value.shuffle or value.transformers)):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator(transformer=Transformer.encode))
+        if not values:
+            raise ValueError("empty range: a range sweep must contain at least one value")
+        step = abs(float(value.step))
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return IntDistribution(min(values), max(values), step=int(step))
+        return FloatDistribution(float(min(values)), float(max(values)), step=step)
+    if override.is_interval_sweep():
+        log, lo, hi = "log" in value.tags, value.start, value.end
+        if isinstance(lo, int) and isinstance(hi, int):
+            return IntDistribution(int(lo), int(hi), log=log)
+        return FloatDistribution(float(lo), float(hi), log=log)
+    raise NotImplementedError(f"{override.input_line}: this sweep syntax has no Optuna distribution")
+
+
+def create_params_from_overrides(arguments: list[str]
+                                 ) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
+    """Overrides -> (search space, fixed values, delete overrides kept verbatim), through Hydra's public parser."""
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, Any] = {}
+    kept: list[str] = []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_delete():
+            kept.append(str(override.input_line))
+            continue
+        value = distribution_of(override)
+        if isinstance(value, BaseDistribution):
+            space[override.get_key_element()] = value
+        else:
+            fixed[override.get_key_element()] = value
+    return space, fixed, kept
 
 
 # --------------------------------------------------------------------------------------------- search-space checks
@@ -206,16 +254,49 @@ class StudyTracker:
 
 
 # --------------------------------------------------------------------------------------------------------- sweeper
-class TradeoffSweeper(OptunaSweeperImpl):
-    """hydra-optuna-sweeper with early checks, resume to ``n_trials`` complete trials, MLflow study runs, progress."""
+class TradeoffSweeper:
+    """Optuna sweeper with early checks, resume to ``n_trials`` complete trials, MLflow study runs, progress.
 
-    def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None, n_trials: int,
-                 n_jobs: int, max_failure_rate: float, custom_search_space: str | None,
-                 params: DictConfig | None) -> None:
-        sampler = instantiate(sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*",
-                                                              "optuna.samplers.*"))
-        super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
-                         custom_search_space, params)
+    Built by the Hydra plugin ``hydra_plugins.recsys_sweeper`` (keyword arguments = the ``hydra.sweeper`` node)."""
+
+    def __init__(self, *, sampler: Any, direction: Any, storage: Any | None = None, study_name: str | None = None,
+                 n_trials: int = 20, n_jobs: int = 2, max_failure_rate: float = 0.0,
+                 custom_search_space: str | None = None, params: DictConfig | None = None) -> None:
+        if not 0.0 <= float(max_failure_rate) <= 1.0:
+            raise SweepConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: must be in [0, 1]")
+        self.sampler = instantiate(sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*",
+                                                                   "optuna.samplers.*"))
+        self.direction, self.storage, self.study_name = direction, storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = int(n_trials), int(n_jobs), float(max_failure_rate)
+        self.extend_space = instantiate({"_target_": custom_search_space, "_partial_": True}) \
+            if custom_search_space else None
+        self.params = params if params is not None else OmegaConf.create({})
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+
+    def _get_directions(self) -> list[str]:
+        d = self.direction
+        items = d if isinstance(d, MutableSequence) else [d]
+        return [getattr(x, "name", x) for x in items]
+
+    def _configure_trials(self, trials: list[optuna.Trial], fixed: dict[str, Any], fixed_over: list[str]
+                          ) -> list[tuple[str, ...]]:
+        """Each asked trial (its params sampled by ``study.ask``) -> the override list of its job."""
+        out = []
+        for trial in trials:
+            for k, v in fixed.items():
+                trial.set_user_attr(k, v)
+            if self.extend_space is not None:
+                self.extend_space(self.config, trial)
+            overlap = trial.params.keys() & fixed.keys()
+            if overlap:
+                raise SweepConfigError(f"keys both searched and fixed: {sorted(overlap)}")
+            out.append(tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items()) + tuple(fixed_over))
+        return out
 
     # ------------------------------------------------------------------------------------------------ checks
     def objectives(self) -> list[str]:
@@ -273,7 +354,6 @@ class TradeoffSweeper(OptunaSweeperImpl):
 
     # ------------------------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
         exprs = {str(k): str(v) for k, v in (self.params or {}).items()}
         fixed_args = []
         for a in arguments:  # sweep-style command-line overrides join the space (as in the stock sweeper)
@@ -317,8 +397,8 @@ class TradeoffSweeper(OptunaSweeperImpl):
               f"({self.n_jobs} at a time); objectives {dict(zip(names, directions))}", flush=True)
         while to_go > 0:
             batch = min(to_go, self.n_jobs)
-            trials = [study.ask() for _ in range(batch)]
-            overrides = self._configure_trials(trials, space, fixed, fixed_over)
+            trials = [study.ask(fixed_distributions=space) for _ in range(batch)]
+            overrides = self._configure_trials(trials, fixed, fixed_over)
             t0 = time.perf_counter()
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
@@ -365,7 +445,7 @@ class TradeoffSweeper(OptunaSweeperImpl):
         (Do not run two invocations on one study at the same time: each would take the other's trials as killed.)"""
         n = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL)
             if t.params:
                 study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             n += 1
@@ -413,18 +493,5 @@ class TradeoffSweeper(OptunaSweeperImpl):
               f"{OmegaConf.select(self.config, 'tracking.experiment')} --study {study.study_name}", flush=True)
 
 
-class SweepSetup(Callback):
-    """Hydra callback whose only job is to be instantiated before the sweeper: importing this module registered
-    ``TradeoffSweeper`` with Hydra's plugin registry (below), so ``hydra.sweeper._target_`` may name it."""
-
-
-def register() -> None:
-    """Make ``recsys.sweep.TradeoffSweeper`` instantiable as a Hydra sweeper (Hydra only instantiates known plugins)."""
-    plugins = Plugins.instance()
-    if f"{__name__}.TradeoffSweeper" not in plugins.class_name_to_class:
-        plugins.register(TradeoffSweeper)
-
-
-register()
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use: python run.py -m hparams_search=train_lr")

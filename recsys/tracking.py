@@ -21,6 +21,12 @@ from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LEN = 6000
 MAX_RUN_NAME_LEN = 250  # runs.name is VARCHAR(250) in MLflow's schema; PostgreSQL enforces it (sqlite does not)
+# MLflow 3's UI reads this experiment tag to pick its layout; "custom_model_development" opens the runs table
+# (without it an experiment opens on the GenAI overview: traces, empty). Values from mlflow's UI bundle.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# keys that never go into a run name: the base name has model/data; paths and tracking say where, not what
+NAME_SKIP_KEYS = ("model", "data", "experiment", "hparams_search", "trainer.enable_progress_bar")
+NAME_SKIP_PREFIXES = ("paths.", "tracking.", "hydra.")
 
 
 def normalise_uri(uri: str) -> str:
@@ -58,6 +64,8 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # stores made before the tag existed open on the runs too
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
             return exp.experiment_id
         if is_server(uri):
             artifact_location = None  # the server's own (proxied) artifact store, reachable from every worker
@@ -65,7 +73,8 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
             Path(artifact_location).mkdir(parents=True, exist_ok=True)
             artifact_location = Path(artifact_location).resolve().as_uri()
         try:
-            return client.create_experiment(experiment, artifact_location=artifact_location)
+            return client.create_experiment(experiment, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException:
             # another worker on a shared server created it between our lookup and our create (no file lock there)
             exp = client.get_experiment_by_name(experiment)
@@ -75,6 +84,35 @@ def init_store(uri: str, experiment: str, artifact_location: str | None = None) 
     finally:
         if lock:
             lock.release()
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """Link to an experiment that opens on its runs table: MLflow 3.17's UI chooses GenAI (traces overview) or model
+    training (runs) from its ``workflowType`` switch, default GenAI; the experiment tag alone does not override it."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _short_value(v: str) -> str:
+    """Numbers rounded to 3 significant digits (``2.9375e-05`` -> ``2.94e-05``, ``0.23333`` -> ``0.233``)."""
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    if v.strip().lstrip("+-").isdigit():
+        return v
+    return f"{f:.3g}"
+
+
+def readable_run_name(base: str, overrides: list[str]) -> str:
+    """``<model>-<data>`` plus only the swept/overridden keys, numbers rounded: ``neumf-ml-100k prune.ratio=0.233``."""
+    parts = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key in NAME_SKIP_KEYS or key.startswith(NAME_SKIP_PREFIXES):
+            continue
+        parts.append(f"{key}={_short_value(value)}")
+    return " ".join([base, *parts])
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,7 +33,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    uri, exp, logged = build_store(tmp_path)
+    yield from _serve(tmp_path, build_store(tmp_path))
+
+
+def _serve(tmp_path, store):
+    """``mlflow server`` on 127.0.0.1 over ``store`` = (uri, experiment, logged); yields (url, experiment id, logged)."""
+    uri, exp, logged = store
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     log = open(tmp_path / "server.log", "w")
@@ -106,5 +111,96 @@ def test_mlflow_ui_shows_runs_and_metric_column(mlflow_server, tmp_path):
         shown = [f"{m['final/hr_at_10']:.6f}"[:6] for m in logged.values()]
         assert sum(v in text for v in shown) >= len(set(shown)) - 1
         assert (shots / "mlflow_runs.png").stat().st_size > 20_000
+    finally:
+        driver.quit()
+
+
+def ui_link(url: str, exp_id: str) -> str:
+    from recsys.tracking import experiment_url
+
+    return experiment_url(url, exp_id)
+
+
+def build_sweep_store(root: Path) -> tuple[str, str, dict[str, dict[str, float]]]:
+    """A sweep as the pipeline logs it: a study parent run and its trials nested under it (``mlflow.parentRunId``),
+    named the pipeline's way (``recsys.tracking.readable_run_name``), through the real ``init_store``."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from recsys.tracking import init_store, readable_run_name
+
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    exp_id = init_store(uri, "sweep-demo", artifact_location=str(root / "mlruns" / "artifacts"))
+    client = MlflowClient(uri)
+    now = int(time.time() * 1000)
+    parent = client.create_run(exp_id, run_name="study:prune_lr", tags={"recsys.kind": "study"})
+    logged = {}
+    for i, (ratio, lr) in enumerate([(0.2333333, 2.9375384576328295e-05), (0.4111, 1.234567e-4), (0.6789, 3.3e-3)]):
+        over = ["data=ml-100k", f"prune.ratio={ratio}", f"finetune.lr={lr}", "hparams_search=prune_lr"]
+        run = client.create_run(exp_id, run_name=readable_run_name("neumf-ml-100k", over),
+                                tags={"overrides": ",".join(over), "mlflow.parentRunId": parent.info.run_id})
+        m = {"final/hr_at_10": 0.61 - 0.1 * ratio + 0.001 * i, "final/artifact_bytes": 1e6 * (1 - ratio)}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in m.items()],
+                         params=[Param("prune.ratio", str(ratio)), Param("finetune.lr", str(lr))],
+                         tags=[RunTag("optuna_trial", str(i))])
+        client.set_terminated(run.info.run_id, "FINISHED")
+        logged[run.info.run_name] = m
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return uri, "sweep-demo", logged
+
+
+@pytest.fixture
+def sweep_server(tmp_path):
+    yield from _serve(tmp_path, build_sweep_store(tmp_path))
+
+
+def test_experiment_opens_on_runs_table_and_sweep_runs_compare(sweep_server, tmp_path):
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("chromium / chromedriver not installed: run scripts/install_browser.sh")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -e '.[dev]'")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, exp_id, logged = sweep_server
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
+        opts.add_argument(f)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
+    shots = Path(os.environ.get("RECSYS_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    wait = WebDriverWait(driver, 60, poll_frequency=0.5)
+    names = sorted(logged)
+    try:
+        # the experiment itself (no /runs in the URL) as the link the pipeline prints: MLflow 3.17's UI picks its
+        # layout from the GenAI / Model training switch (URL workflowType or browser storage), not from the tag
+        driver.get(ui_link(url, exp_id))
+        try:
+            wait.until(lambda d: "study:prune_lr" in body())
+            assert "/runs" in driver.current_url, driver.current_url  # the UI routed to the runs table
+            # the trials are nested under the study: expand it
+            driver.find_element(By.XPATH, "//*[@role='row'][contains(., 'study:prune_lr')]//button").click()
+            wait.until(lambda d: all(n in body() for n in names))
+            driver.find_element(By.XPATH, "//button[contains(., 'Columns')]").click()
+            for key in ("final/hr_at_10", "final/artifact_bytes"):
+                wait.until(lambda d, key=key: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{key}']"))
+                driver.find_element(By.XPATH, f"//*[normalize-space(text())='{key}']").click()
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+            wait.until(lambda d: all(f"{m['final/hr_at_10']:.4f}"[:5] in body() for m in logged.values()))
+        finally:
+            driver.save_screenshot(str(shots / "mlflow_sweep_runs.png"))
+        assert "neumf-ml-100k prune.ratio=0.233 finetune.lr=2.94e-05" in body()
+        for key in ("final/hr_at_10", "final/artifact_bytes"):
+            assert driver.find_elements(By.XPATH, f"//*[@role='columnheader'][contains(., '{key}')]"), key
+        # select the three trials and compare them
+        for n in names:
+            driver.find_element(By.XPATH, f"//*[@role='row'][contains(., '{n}')]//input[@type='checkbox']").click()
+        driver.find_element(By.XPATH, "//button[contains(., 'Compare')]").click()
+        wait.until(lambda d: "Comparing 3" in body() or "compare-runs" in d.current_url)
+        wait.until(lambda d: "final/hr_at_10" in body())
+        driver.save_screenshot(str(shots / "mlflow_sweep_compare.png"))
+        assert (shots / "mlflow_sweep_runs.png").stat().st_size > 20_000
     finally:
         driver.quit()

@@ -12,14 +12,23 @@ from hydra import compose, initialize_config_dir
 
 from recsys import checks
 from recsys.compress.base import CompressContext, configured
-from recsys.compress.distill import (TeacherCallback, check_teacher, pointwise_kd_loss, rank_weights,
-                                     ranking_distill_loss, softmax_kd_loss, softmax_kl, teacher_topk)
+from recsys.compress.distill import (
+    check_teacher,
+    pointwise_kd_loss,
+    rank_weights,
+    ranking_distill_loss,
+    softmax_kd_loss,
+    softmax_kl,
+    teacher_topk,
+)
+from recsys.compress.distill.callback import TeacherCallback
 from recsys.data.splits import ImplicitSplit
 from recsys.errors import ConfigError
 from recsys.export.artifact import load_artifact, save_artifact
+from recsys.export.formats import artifact_format
 from recsys.models import build_model
 from recsys.models.ncf import GMF
-from recsys.pipeline import train_model
+from recsys.tasks.fit import StageTrainer
 from recsys.tasks.ranking import FAMILY, RankingTask
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -123,9 +132,7 @@ def test_distillation_trains_student_leaves_teacher_untouched_and_unshipped(tmp_
     torch.manual_seed(0)
     teacher = build_model(FAMILY.model_spec(_plain(cfg)["model"], data))
     before = copy.deepcopy(teacher.state_dict())
-    ctx = CompressContext(cfg=cfg, data=data, family=FAMILY, dense=teacher,
-                          evaluate=lambda m: FAMILY.evaluate(m, data, cfg),
-                          train=lambda m, stage, **kw: train_model(m, data, cfg, stage, False, **kw))
+    ctx = CompressContext(cfg=cfg, data=data, family=FAMILY, dense=teacher, trainer=StageTrainer(FAMILY, data, cfg))
     (tech,) = configured(_plain(cfg))
     out = tech.apply(copy.deepcopy(teacher), ctx)
     out = tech.finalize(out, ctx)
@@ -138,7 +145,7 @@ def test_distillation_trains_student_leaves_teacher_untouched_and_unshipped(tmp_
     assert ctx.metrics["student_params"] < ctx.metrics["teacher_params"]
     assert "nokd_hr_at_10" in ctx.metrics and 0.0 <= ctx.metrics["nokd_hr_at_10"] <= 1.0
     path = tmp_path / "student.pt"
-    save_artifact(out, path, fmt=ctx.artifact_format)
+    save_artifact(out, path, fmt=artifact_format(out))
     blob = torch.load(path, weights_only=False)
     n_saved = sum(t.numel() for t in blob["payload"].values())
     assert n_saved == ctx.metrics["student_params"] < ctx.metrics["teacher_params"]
@@ -190,8 +197,15 @@ def test_explicit_teacher_artifact_is_loaded_and_checked(tmp_path):
     checks.validate(_plain(cfg))
     data = synthetic_split()
     trained = []
-    ctx = CompressContext(cfg=cfg, data=data, family=FAMILY, dense=GMF(40, 60, 8), evaluate=lambda m: {},
-                          train=lambda m, stage, **kw: trained.append(stage) or {})
+    class Recording:   # a trainer that only records which stages were asked for
+        def train(self, model, stage, **kw):
+            trained.append(stage)
+            return {}
+
+        def evaluate(self, model):
+            return {}
+
+    ctx = CompressContext(cfg=cfg, data=data, family=FAMILY, dense=GMF(40, 60, 8), trainer=Recording())
     (tech,) = configured(_plain(cfg))
     with pytest.raises(ConfigError, match="n_items=99"):
         tech.apply(GMF(40, 60, 8), ctx)
@@ -274,7 +288,10 @@ def test_ctr_kd_term_is_pointwise_kd():
 def test_student_hidden_is_an_alias_of_hidden_size():
     from recsys.compress.distill import student_overrides
 
-    assert student_overrides({"hidden": 32, "factors": None}) == {"hidden_size": 32}
-    assert student_overrides({"hidden": 32, "hidden_size": 32}) == {"hidden_size": 32}
+    gru = {"name": "gru4rec", "_target_": "recsys.models.gru4rec.GRU4Rec", "hidden_size": 64}
+    assert student_overrides({"hidden": 32, "factors": None}, gru) == {"hidden_size": 32}
+    assert student_overrides({"hidden": 32, "hidden_size": 32}, gru) == {"hidden_size": 32}
     with pytest.raises(ConfigError, match="alias of hidden_size"):
-        student_overrides({"hidden": 32, "hidden_size": 16})
+        student_overrides({"hidden": 32, "hidden_size": 16}, gru)
+    # the alias is GRU4Rec's own (its STUDENT_ALIASES), not a table in compress/: NeuMF has no key "hidden"
+    assert student_overrides({"hidden": 32}, {"name": "neumf"}) == {"hidden": 32}

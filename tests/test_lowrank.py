@@ -11,8 +11,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from recsys import checks
-from recsys.compress.lowrank import (FactorizedEmbedding, FactorizedLinear, LowRankConfig, factorize_, structure,
-                                     svd_factors)
+from recsys.compress.lowrank import (
+    FactorizedEmbedding,
+    FactorizedLinear,
+    LowRankConfig,
+    factorize_,
+    structure,
+    svd_factors,
+)
 from recsys.errors import ConfigError
 from recsys.export.artifact import load_artifact, save_artifact
 from recsys.models.ncf import NeuMF
@@ -147,8 +153,7 @@ def test_factorised_linear_is_a_drop_in_linear():
 
 def test_lowrank_then_ptq_ships_in_the_composite_format(tmp_path):
     """distill -> lowrank -> prune -> quant order: the factors are quantized, and the artifact keeps the structure."""
-    from recsys.compress.quant_callback import quantize_
-    from recsys.compress.quantize import QuantConfig
+    from recsys.compress.quant import QuantConfig, quantize_
     from recsys.export.lowrank import with_structure
 
     torch.manual_seed(0)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.compress.prune import (TARGETS, MagnitudePruning, StructuredPruning,
-                                   cubic_sparsity, magnitude_targets, mask_state, n_removed, prune_, shrink,
-                                   sparsity, strip_, unit_groups)
-from recsys.compress.prune_technique import MagnitudePrune, StructuredPrune
+from recsys.compress.prune import (
+    TARGETS,
+    MagnitudePruning,
+    StructuredPruning,
+    cubic_sparsity,
+    magnitude_targets,
+    mask_state,
+    n_removed,
+    prune_,
+    shrink,
+    sparsity,
+    strip_,
+    unit_groups,
+)
+from recsys.compress.prune.technique import MagnitudePrune, StructuredPrune
 from recsys.export.artifact import load_artifact, save_artifact
 from recsys.export.sparse import decode_tensor, encode_tensor, sparse_is_smaller
 from recsys.models.ncf import GMF, MLP, NeuMF

@@ -7,9 +7,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from recsys.compress.prune import (MagnitudePruning, StructuredPruning, at_ratio, magnitude_targets, mask_state,
-                                   n_removed, prune_, shrink, strip_)
-from recsys.compress.prune_callback import PruningCallback
+from recsys.compress.prune import (
+    MagnitudePruning,
+    PruningCallback,
+    StructuredPruning,
+    at_ratio,
+    magnitude_targets,
+    mask_state,
+    n_removed,
+    prune_,
+    shrink,
+    strip_,
+)
 from recsys.models.ncf import NeuMF
 from recsys.tasks.ranking import RankingTask
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from recsys.compress.prune_report import seed_rows, to_markdown
+from recsys.report.prune_report import seed_rows, to_markdown
 
 
 def runs() -> pd.DataFrame:

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, TensorDataset
 
 from recsys.compress.prune import (
+    PruningCallback,
     StructuredPruning,
     at_ratio,
     effective,
@@ -24,8 +25,7 @@ from recsys.compress.prune import (
     strip_,
     unit_groups,
 )
-from recsys.compress.prune_callback import PruningCallback
-from recsys.compress.prune_technique import StructuredPrune
+from recsys.compress.prune.technique import StructuredPrune
 from recsys.export.artifact import load_artifact, save_artifact
 from recsys.models.deepfm import DeepFM
 from recsys.models.gru4rec import GRU4Rec

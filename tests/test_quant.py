@@ -9,14 +9,21 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from recsys.compress.quant_callback import attach_fake_quant, quantize_
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear
-from recsys.compress.quantize import (QuantConfig, dequantize, error_bound, fake_quantize, pack_bits, packed_nbytes,
-                                      quantize_tensor, unpack_bits)
+from recsys.compress.quant import QuantConfig, attach_fake_quant, quantize_
 from recsys.errors import ConfigError
 from recsys.export.artifact import check_same_scores, load_artifact, save_artifact
 from recsys.export.quantized import expected_table_nbytes, stored_nbytes
 from recsys.models.ncf import NeuMF
+from recsys.nn.qtensor import (
+    dequantize,
+    error_bound,
+    fake_quantize,
+    pack_bits,
+    packed_nbytes,
+    quantize_tensor,
+    unpack_bits,
+)
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedLinear
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 UNIFORM = [(b, s, g) for b in (8, 4, 2) for s in ("symmetric", "asymmetric") for g in ("tensor", "channel")]

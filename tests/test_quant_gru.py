@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from recsys.compress.quant_callback import attach_fake_quant, is_converted, quantize_
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear
-from recsys.compress.quantize import QuantConfig, dequantize, packed_nbytes, quant_summary, quantize_tensor
+from recsys.compress.quant import QuantConfig, attach_fake_quant, is_converted, quant_summary, quantize_
 from recsys.export.artifact import load_artifact, save_artifact
 from recsys.export.quantized import expected_table_nbytes, stored_nbytes
 from recsys.models.gru4rec import GRU4Rec, sampled_loss
 from recsys.models.ncf import NeuMF
+from recsys.nn.qtensor import dequantize, packed_nbytes, quantize_tensor
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedGRU, QuantizedLinear
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ALL = ("embeddings", "linear", "gru")

@@ -8,8 +8,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear
 from recsys.export.artifact import load_artifact
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedLinear
 from recsys.pipeline import run
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

@@ -88,10 +88,3 @@ def build_store(root: Path, experiment: str = EXPERIMENT) -> tuple[str, str, dic
     client.log_batch(parent.info.run_id, metrics=[Metric("final/hr_at_10", 0.5, now, 0)])
     client.set_terminated(parent.info.run_id, "FINISHED")
     return uri, experiment, logged
-
-
-def test_store_builds(tmp_path):
-    uri, exp, logged = build_store(tmp_path)
-    assert len(logged) == sum(len(s[3]) for s in SETTINGS)
-    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name(exp).experiment_id])
-    assert len(runs) == len(logged) + 2

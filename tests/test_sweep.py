@@ -1,5 +1,6 @@
 """Optuna trade-off sweeps (recsys.sweep) through Hydra, with a fast stand-in job: same conf/, same tracking and tags as
-the pipeline, metrics computed from the trial's params instead of training. Proves resume after a kill, the MLflow
+the pipeline, metrics computed from the trial's params instead of training, returned through the pipeline's own
+``objective_values``. Proves resume after a kill, the MLflow
 study run + trial tags, progress lines, and the early errors for bad search spaces and objectives."""
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import math, os, sys, time
 sys.path.insert(0, {root!r})
 import hydra
 from recsys import tracking
-from recsys.pipeline import hydra_tags
+from recsys.errors import ConfigError
+from recsys.pipeline import hydra_tags, objective_values
 
 @hydra.main(config_path={conf!r}, config_name="config")
 def main(cfg):
@@ -34,12 +36,11 @@ def main(cfg):
         tr.log_params({{"train.lr": lr, "model.factors": f, "seed": cfg.seed}})
         tr.log_metrics(m)
         time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
-    missing = [o for o in cfg.objectives if o not in m]
-    if missing:
-        print(f"error: objectives={{missing}} are not logged by this job", file=sys.stderr)
-        raise SystemExit(2)
-    vals = tuple(m[o] for o in cfg.objectives)
-    return vals[0] if len(vals) == 1 else vals
+    try:   # the pipeline's own objective function, and run.py's handling of its error
+        return objective_values(cfg, m)
+    except ConfigError as e:
+        print(f"error: {{e}}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 if __name__ == "__main__":
     main()
@@ -156,3 +157,15 @@ def test_objective_no_run_logs_is_named(tmp_path):
     err = p.stderr + p.stdout
     assert "final/artifact_byte" in err and "not logged by any run" in err and "final/artifact_bytes" in err
     assert n_complete(tmp_path) == 1
+
+
+def test_sweeper_is_a_registered_hydra_plugin():
+    """``python run.py --info plugins`` lists the sweeper that conf/hparams_search/*.yaml select by name."""
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--info", "plugins"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "TradeoffSweeperPlugin" in p.stdout
+    from hydra.core.config_store import ConfigStore
+
+    import hydra_plugins.recsys_sweeper.tradeoff_sweeper  # noqa: F401  (what Hydra's plugin scan imports)
+    assert "tradeoff.yaml" in ConfigStore.instance().list("hydra/sweeper")

@@ -1,7 +1,8 @@
 """The shape every compression technique takes, and the registry the pipeline reads.
 
-A technique is one file in ``recsys/compress/`` (a ``Technique`` subclass decorated with ``@register``) plus one YAML in
-its config group (``conf/prune/magnitude.yaml`` ...). The pipeline runs the configured techniques in the fixed order of
+A technique lives in its package ``recsys/compress/<group>/`` (the verb + config in the package, its Lightning callback
+in ``callback.py``, a ``Technique`` subclass decorated with ``@register`` in ``technique.py``) plus one YAML in its
+config group (``conf/prune/magnitude.yaml`` ...). The pipeline runs the configured techniques in the fixed order of
 DESIGN.md — distill -> lowrank -> prune -> quant — in three phases:
 
 1. ``apply(model, ctx)`` before the fine-tune stage (add masks, shrink, insert fake quantizers, build a student ...);
@@ -9,15 +10,16 @@ DESIGN.md — distill -> lowrank -> prune -> quant — in three phases:
 3. ``finalize(model, ctx)`` after fine-tuning (strip reparametrisations, convert to integers ...).
 
 Techniques are pure model -> model functions wrapped for the pipeline: they never import MLflow; they report figures
-through ``ctx.metrics`` and choose the artifact encoding through ``ctx.artifact_format``.
+through ``ctx.metrics``. The artifact encoding is decided in one place, ``recsys.export.formats.artifact_format``, from
+the finished model (quantized modules, factorised modules) and whether a technique ships sparse (``ships_sparse``).
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from torch import nn
 
@@ -25,20 +27,32 @@ ORDER = ("distill", "lowrank", "prune", "quant")
 _REGISTRY: dict[tuple[str, str], type[Technique]] = {}
 
 
+class Trainer(Protocol):
+    """What techniques may ask of the job's trainer (``recsys.tasks.fit.StageTrainer``)."""
+
+    def train(self, model: nn.Module, stage: str, **kwargs: Any) -> dict[str, float]: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
 @dataclass
 class CompressContext:
-    """What a technique may use: the config, the data, the frozen dense model, and the pipeline's train/eval helpers."""
+    """What a technique may use: the config, the data, the frozen dense model, and the job's trainer."""
 
     cfg: Any
     data: Any
     family: Any
     dense: nn.Module
-    train: Callable[..., dict]       # train(model, stage, lr=None, optimizer=None, epochs=None, data_fraction=1.0,
-    #                                          callbacks=(), select_best=True) -> info
-    evaluate: Callable[[nn.Module], dict]
-    artifact_format: str = "dense"
+    trainer: Trainer                 # train(model, stage, lr=None, optimizer=None, epochs=None, data_fraction=1.0,
+    #                                          callbacks=(), select_best=True) -> info; evaluate(model) -> figures
     metrics: dict[str, float] = field(default_factory=dict)   # logged under final/ (e.g. sparsity reached)
     params: dict[str, Any] = field(default_factory=dict)      # logged as tags (e.g. backend names)
+
+    def train(self, model: nn.Module, stage: str, **kwargs: Any) -> dict[str, float]:
+        return self.trainer.train(model, stage, **kwargs)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.trainer.evaluate(model)
 
 
 class Technique:
@@ -47,6 +61,7 @@ class Technique:
     group: ClassVar[str] = ""
     method: ClassVar[str] = ""
     label: ClassVar[str] = "compressed"   # stage name for metrics when this technique runs alone
+    ships_sparse: ClassVar[bool] = False  # the artifact may use the sparse encoding (when it is smaller)
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = dict(cfg)
@@ -73,11 +88,12 @@ def register(cls: type[Technique]) -> type[Technique]:
 
 
 def _import_all() -> None:
+    """Import every technique package's ``technique`` module (``recsys/compress/<group>/technique.py``)."""
     import recsys.compress as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in ("base",):
-            importlib.import_module(f"recsys.compress.{mod.name}")
+        if mod.ispkg:
+            importlib.import_module(f"recsys.compress.{mod.name}.technique")
 
 
 def methods(group: str) -> list[str]:

@@ -38,6 +38,19 @@ def _import_all() -> None:
             importlib.import_module(f"recsys.export.{mod.name}")
 
 
+def codec(name: str) -> tuple[Encoder, Decoder]:
+    """``(encode, decode)`` of the registered format ``name`` (formats register when ``recsys.export`` loads them)."""
+    if name not in _FORMATS:
+        _import_all()
+    if name not in _FORMATS:
+        raise KeyError(f"unknown artifact format {name!r}: known formats are {sorted(_FORMATS)}")
+    return _FORMATS[name]
+
+
+def is_registered(name: str) -> bool:
+    return name in _FORMATS
+
+
 def formats() -> list[str]:
     _import_all()
     return sorted(_FORMATS)

@@ -11,23 +11,19 @@ from typing import Any
 
 from torch import nn
 
-from recsys.compress.lowrank import restore_structure, structure
 from recsys.export import artifact
+from recsys.nn.factorized import restore_structure, structure
 
 
 def _encoder(inner: str):
     def encode(model: nn.Module) -> dict[str, Any]:
-        if inner not in artifact._FORMATS:
-            artifact._import_all()
-        return {"structure": structure(model), "inner_format": inner, "inner": artifact._FORMATS[inner][0](model)}
+        return {"structure": structure(model), "inner_format": inner, "inner": artifact.codec(inner)[0](model)}
     return encode
 
 
 def _decode(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
     restore_structure(model, payload["structure"])
-    if payload["inner_format"] not in artifact._FORMATS:
-        artifact._import_all()
-    return artifact._FORMATS[payload["inner_format"]][1](model, payload["inner"])
+    return artifact.codec(payload["inner_format"])[1](model, payload["inner"])
 
 
 def composite(inner: str) -> str:
@@ -35,7 +31,7 @@ def composite(inner: str) -> str:
     if inner == "lowrank" or inner.startswith("lowrank+"):
         return inner
     name = "lowrank" if inner == "dense" else f"lowrank+{inner}"
-    if name not in artifact._FORMATS:
+    if not artifact.is_registered(name):
         artifact.register_format(name, _encoder(inner), _decode)
     return name
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedLinear, torchao_int8_dynamic_
 from recsys.models import build_model
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedLinear, torchao_int8_dynamic_
 
 BACKENDS = ("eager", "onnx", "onnx_int8", "torchao_int8")
 

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args
-from recsys.compress.quantize import QTensor, pack_bits, packed_nbytes, unpack_bits
 from recsys.export.artifact import register_format
+from recsys.nn.qtensor import QTensor, pack_bits, packed_nbytes, unpack_bits
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args
 
 
 def encode_qtensor(q: QTensor) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def decode_qtensor(rec: dict[str, Any]) -> QTensor:
 
 
 def stored_nbytes(rec: dict[str, Any]) -> int:
-    """Bytes of the tensors stored for one table (what :func:`~recsys.compress.quantize.packed_nbytes` predicts),
+    """Bytes of the tensors stored for one table (what :func:`~recsys.nn.qtensor.packed_nbytes` predicts),
     nested records (a GRU's matrices) included."""
     return sum(v.numel() * v.element_size() if isinstance(v, torch.Tensor) else
                stored_nbytes(v) if isinstance(v, dict) else 0 for v in rec.values())

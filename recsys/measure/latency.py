@@ -1,4 +1,5 @@
-"""CPU latency of a reloaded artifact: batch-1 requests (p50/p99), full-catalogue scoring of one user, throughput.
+"""CPU latency of a reloaded artifact for every family: user x items (batch-1 p50/p99, full catalogue, throughput),
+CTR table rows (`table_latency`) and session next-click requests (`session_latency`).
 
 Thread count is fixed for the measurement and reported; every figure comes after a warm-up. Requests are generated
 up front so the timed loop contains only the model call.
@@ -26,7 +27,7 @@ class LatencyConfig:
     seed: int = 0
 
 
-def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
+def percentiles(times_s: list[float]) -> tuple[float, float, float]:
     a = np.asarray(times_s) * 1e3
     return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.mean())
 
@@ -60,12 +61,12 @@ def measure_latency(model: nn.Module, n_users: int, n_items: int, cfg: LatencyCo
         cands = torch.as_tensor(g.integers(0, n_items, (n_req, cfg.candidates)))
         reqs = [(users[i].expand(cfg.candidates).contiguous(), cands[i]) for i in range(n_req)]
         t = time_calls(lambda i: score(*reqs[i]), cfg.requests, cfg.warmup)
-        p50, p99, mean = _percentiles(t)
+        p50, p99, mean = percentiles(t)
         out = {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_mean_ms": mean}
         if score_all is not None:
             u1 = [users[i:i + 1] for i in range(n_req)]
             t = time_calls(lambda i: score_all(u1[i]), cfg.full_catalogue_requests, max(5, cfg.warmup // 10))
-            out["latency_full_p50_ms"], out["latency_full_p99_ms"], _ = _percentiles(t)
+            out["latency_full_p50_ms"], out["latency_full_p99_ms"], _ = percentiles(t)
         bu = torch.as_tensor(g.integers(0, n_users, cfg.throughput_batch))
         bi = torch.as_tensor(g.integers(0, n_items, cfg.throughput_batch))
         t = time_calls(lambda i: score(bu, bi), cfg.throughput_repeats, 3)
@@ -74,3 +75,50 @@ def measure_latency(model: nn.Module, n_users: int, n_items: int, cfg: LatencyCo
         return out
     finally:
         torch.set_num_threads(prev)
+
+
+@torch.inference_mode()
+def table_latency(model: nn.Module, cat_rows: np.ndarray, dense_rows: np.ndarray, test_idx: np.ndarray, n_rows: int,
+                  cfg: LatencyConfig) -> dict[str, float]:
+    """CTR tables: batch-``candidates`` requests of real test rows (p50/p99) and throughput of ``throughput_batch``
+    rows (``cat_rows`` / ``dense_rows``: the table's categorical ids and dense values)."""
+    model.eval()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        g = np.random.default_rng(cfg.seed)
+        cat, dense = torch.from_numpy(cat_rows), torch.from_numpy(dense_rows)
+        n = cfg.requests + cfg.warmup
+        reqs = [torch.as_tensor(g.choice(test_idx, cfg.candidates)) for _ in range(n)]
+        reqs = [(cat[r], dense[r]) for r in reqs]
+        p50, p99, mean = percentiles(time_calls(lambda i: model.score(*reqs[i]), cfg.requests, cfg.warmup))
+        r = torch.as_tensor(g.choice(n_rows, cfg.throughput_batch))
+        t = time_calls(lambda i: model.score(cat[r], dense[r]), cfg.throughput_repeats, 2)
+        return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_mean_ms": mean,
+                "throughput_per_s": cfg.throughput_batch / float(np.median(t)), "latency_threads": float(cfg.threads)}
+    finally:
+        torch.set_num_threads(prev)
+
+
+def session_latency(model: nn.Module, n_items: int, cfg: LatencyConfig) -> dict[str, float]:
+    """Session models (SessionModel contract): one request = one session's new click + its stored state -> scores of
+    all items (batch 1); throughput = min(``throughput_batch``, 1024) sessions advanced by one click at once."""
+    model.eval()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        with torch.inference_mode():
+            g = torch.Generator().manual_seed(0)
+            n = int(cfg.requests) + int(cfg.warmup)
+            items = torch.randint(0, n_items, (n, 1), generator=g)
+            state = model.serving_state(1, g)
+            t = time_calls(lambda i: model.score_next(items[i], state), int(cfg.requests), int(cfg.warmup))
+            p50, p99, mean = percentiles(t)
+            bt = min(int(cfg.throughput_batch), 1024)   # sessions x all items: capped to keep memory sane
+            bi = torch.randint(0, n_items, (bt,), generator=g)
+            bs = model.serving_state(bt)
+            t = time_calls(lambda i: model.score_next(bi, bs), int(cfg.throughput_repeats), 2)
+    finally:
+        torch.set_num_threads(prev)
+    return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_mean_ms": mean,
+            "throughput_per_s": bt / float(np.median(t)), "latency_threads": float(cfg.threads)}

@@ -5,8 +5,9 @@ dense (a real value per field, whose embedding is a learned vector scaled by the
 
 Two input modes share the same layers, so compression and measurement code never special-case the data:
 
-* **table mode** (Criteo): ``forward(cat, dense)`` with ``cat`` LongTensor[b, n_cat] (per-field ids, 0-based in each field's
-  vocabulary) and ``dense`` FloatTensor[b, n_dense].
+* **table mode** (Criteo, a user's own CTR rows): ``forward(cat, dense)`` with ``cat`` LongTensor[b, n_cat] (per-field
+  ids, 0-based in each field's vocabulary), followed, when the model has multi-hot fields, by their padded bag ids
+  (n_bags * bag_len columns), and ``dense`` FloatTensor[b, n_dense].
 * **user-item mode** (MovieLens): ``forward(users, items)``; the model holds its side-feature tables as integer buffers
   (``user_table``: the user's categorical fields, ``item_table``: the item's, ``item_bags``: padded multi-hot ids), so it
   is a user x item scorer like NeuMF and is evaluated by the same ranking protocol. The tables ship in the artifact: a
@@ -17,9 +18,12 @@ No Lightning, no I/O here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from recsys.models.base import UnitGroup, unit_slice
 
 
 def _ints(name: str, values: Sequence[int], allow_empty: bool = True) -> list[int]:
@@ -130,6 +134,9 @@ class DeepFM(nn.Module):
         """Logits: ``(users, items)`` in user-item mode, ``(cat, dense)`` in table mode."""
         if self.n_users:
             return self.logits(*self.lookup(a, b))
+        if self.bag_dims:   # table mode with multi-hot fields: their padded ids follow the categorical ids in ``a``
+            n = len(self.field_dims)
+            return self.logits(a[:, :n], b, a[:, n:].reshape(a.shape[0], len(self.bag_dims), self.bag_len))
         return self.logits(a, b, None)
 
     score = forward
@@ -147,3 +154,43 @@ class DeepFM(nn.Module):
                 "bag_dims": self.bag_dims, "bag_len": self.bag_len, "embed_dim": self.embed_dim,
                 "mlp_layers": self.mlp_layers, "dropout": self.dropout, "n_users": self.n_users,
                 "n_items": self.n_items, "n_user_fields": self.n_user_fields}
+
+    # ------------------------------------------------------------------------------------ compression contract
+    QUANT_KINDS = ("embeddings", "linear")   # quant.targets this model has modules of
+    STUDENT_KEYS = ("embed_dim", "mlp_layers")
+    STUDENT_ALIASES: dict[str, str] = {}
+
+    def unit_groups(self) -> list[UnitGroup]:
+        """The FM term is a dot product across fields, so dimension d goes from every field's table at once (and from
+        the MLP input columns f * k + d); each MLP neuron is a group of its own."""
+        k = self.embed_dim
+        n_fields = len(self.field_dims) + len(self.bag_dims) + self.n_dense
+        tables = [unit_slice(f"{t}.weight", 1) for t in ("embedding", "bag_embedding") if getattr(self, t) is not None]
+        if self.dense_embedding is not None:
+            tables.append(unit_slice("dense_embedding", 1))
+        lins = [f"mlp.{i}" for i, m in enumerate(self.mlp) if isinstance(m, nn.Linear)]
+        deep_in = f"{lins[0]}.weight" if lins else "predict.weight"
+        groups = [UnitGroup("embed_dims", "embeddings", k, tables,
+                            [unit_slice(deep_in, 1, *range(0, n_fields * k, k))])]
+        for i, lin in enumerate(lins):
+            nxt = f"{lins[i + 1]}.weight" if i + 1 < len(lins) else "predict.weight"
+            groups.append(UnitGroup(lin, "mlp", self.mlp_layers[i],
+                                    [unit_slice(f"{lin}.weight", 0), unit_slice(f"{lin}.bias", 0)],
+                                    [unit_slice(nxt, 1)]))
+        return groups
+
+    def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
+        return {**self.config(), "embed_dim": n_keep["embed_dims"],
+                "mlp_layers": [v for g, v in n_keep.items() if g.startswith("mlp.")]}
+
+    @classmethod
+    def unit_counts(cls, model_cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        if isinstance(model_cfg.get("embed_dim"), int):
+            out[f"the field embedding dims (model.embed_dim={model_cfg['embed_dim']})"] = ("embeddings",
+                                                                                         model_cfg["embed_dim"])
+        layers = model_cfg.get("mlp_layers")
+        if isinstance(layers, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) for n in layers):
+            for i, n in enumerate(layers):
+                out[f"MLP layer {i} (model.mlp_layers[{i}]={n})"] = ("mlp", n)
+        return out

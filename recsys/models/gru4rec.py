@@ -11,15 +11,18 @@ size ``hidden_size`` instead (same role, factorised). ``nn.GRU`` is kept (rather
 PyTorch's dynamic int8 GRU and pruning utilities apply to it unchanged.
 
 Interface shared with the other models: ``forward(seq, lengths)`` = ``score`` -> (b, n_items) scores of the next item after
-each (right-padded) sequence; ``step(items, hidden)`` for session-parallel training and serving; ``config()``.
+each (right-padded) sequence; the SessionModel contract of ``models/base.py`` (``init_state`` / ``advance`` / ... =
+the GRU hidden state and ``step``) for session-parallel training, evaluation and serving; ``config()``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from recsys.models.base import LOSSES, UnitGroup, sampled_loss, unit_slice  # noqa: F401  (re-exported)
 
 
 def _tensor(w: torch.Tensor | object) -> torch.Tensor:
@@ -117,39 +120,78 @@ class GRU4Rec(nn.Module):
                 "constrained_embedding": self.constrained_embedding, "dropout_p_embed": self.dropout_p_embed,
                 "dropout_p_hidden": self.dropout_p_hidden, "elu_param": self.elu_param}
 
+    # --------------------------------------------------------------------- session-model contract (models/base.py)
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.init_hidden(batch, device)
 
-def sampled_loss(model: GRU4Rec, h: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, loss: str = "cross-entropy",
-                 bpreg: float = 0.0, logq: float = 0.0, log_pop: torch.Tensor | None = None) -> torch.Tensor:
-    """GRU4Rec's training loss on one session-parallel step.
+    def advance(self, items: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step(items, state)
 
-    Candidates = the minibatch's own targets (each row's target is the diagonal; the other rows' targets are its
-    in-batch negatives, i.e. popularity-sampled) followed by ``negatives`` (extra shared samples). Candidates equal to a
-    row's target are masked out as negatives.
+    def reset_state(self, state: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+        """Truncated BPTT of one step (as the official code): the state carries over, its gradient does not."""
+        return state.detach() * (~reset).to(state.dtype)[None, :, None]
 
-    * ``cross-entropy``: softmax over the candidates; ``logq`` > 0 subtracts ``logq * log(popularity)`` from each
-      candidate's score (the sampled-softmax correction for popularity-sampled negatives).
-    * ``bpr-max``: -log sum_j softmax(s_j) sigmoid(s_i - s_j) over the negatives j, plus ``bpreg`` * sum_j softmax(s_j) s_j^2.
-    """
-    cand = torch.cat([targets, negatives])
-    scores = model.item_scores(h, cand)                                    # (b, b + n_sample)
-    b = len(targets)
-    same = cand[None, :] == targets[:, None]
-    diag = torch.zeros_like(same)
-    diag[torch.arange(b), torch.arange(b)] = True
-    neg_mask = same & ~diag                                                # duplicates of the target: not negatives
-    if loss == "cross-entropy":
-        if logq > 0 and log_pop is not None:
-            scores = scores - logq * log_pop[cand]
-        scores = scores.masked_fill(neg_mask, float("-inf"))
-        return F.cross_entropy(scores, torch.arange(b, device=h.device))
-    if loss == "bpr-max":
-        pos = scores[torch.arange(b), torch.arange(b)][:, None]
-        not_neg = same                                                     # target itself and its duplicates
-        weights = torch.softmax(scores.masked_fill(not_neg, float("-inf")), dim=1)
-        term = (weights * torch.sigmoid(pos - scores)).masked_fill(not_neg, 0.0).sum(1)
-        reg = (weights * scores * scores).masked_fill(not_neg, 0.0).sum(1)
-        return (-torch.log(term + 1e-24) + bpreg * reg).mean()
-    raise ValueError(f"model.loss={loss!r}: must be one of ['cross-entropy', 'bpr-max']")
+    def keep_state(self, new: torch.Tensor, old: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return torch.where(live[None, :, None], new, old)
 
+    def serving_state(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is None:
+            return self.init_hidden(batch)
+        return torch.randn(self.layers, batch, self.hidden_size, generator=generator) * 0.1
 
-LOSSES: Sequence[str] = ("cross-entropy", "bpr-max")
+    # ------------------------------------------------------------------------------------ compression contract
+    QUANT_KINDS = ("embeddings", "linear", "gru")   # quant.targets this model has modules of
+    STUDENT_KEYS = ("hidden_size", "embedding", "layers")
+    STUDENT_ALIASES = {"hidden": "hidden_size"}   # distill.student.hidden=32 reads as model.hidden_size
+
+    def unit_groups(self) -> list[UnitGroup]:
+        """Hidden unit j of a layer is rows j, H+j, 2H+j (reset, update, new gates) of its GRU weights; the tied item
+        table (constrained embedding) makes the last layer's unit j also input dimension j."""
+        gates = (0, self.hidden_size, 2 * self.hidden_size)
+        groups = []
+        if self.embedding is not None:
+            groups.append(UnitGroup("embedding_dims", "embeddings", self.embedding.embedding_dim,
+                                    [unit_slice("embedding.weight", 1)], [unit_slice("gru.weight_ih_l0", 1)]))
+        for layer in range(self.layers):
+            producers = [unit_slice(f"gru.{w}_l{layer}", 0, *gates)
+                         for w in ("weight_hh", "weight_ih", "bias_ih", "bias_hh")]
+            consumers = [unit_slice(f"gru.weight_hh_l{layer}", 1)]
+            if layer + 1 < self.layers:
+                consumers.append(unit_slice(f"gru.weight_ih_l{layer + 1}", 1))
+            else:
+                consumers.append(unit_slice("out.weight", 1))
+                if self.embedding is None:
+                    # constrained embedding: the input item table is out.weight, so the last layer's unit j is also
+                    # input dimension j. The mask cuts it at the GRU's input columns rather than on out.weight, which
+                    # the session loss reads directly (never through out's forward, where a mask's hook would refresh
+                    # it).
+                    producers.append(unit_slice("gru.weight_ih_l0", 1))
+            groups.append(UnitGroup(f"gru.layer{layer}", "mlp", self.hidden_size, producers, consumers,
+                                    tie="gru.hidden_size"))
+        return groups
+
+    def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
+        spec = {**self.config(), "hidden_size": n_keep["gru.layer0"]}
+        if self.embedding is not None:   # explicit, so that embedding=0 (input width = hidden_size) keeps its width
+            spec["embedding"] = n_keep["embedding_dims"]
+        return spec
+
+    @classmethod
+    def structured_problems(cls, model_cfg: dict[str, Any], targets: str) -> list[str]:
+        """Config combinations structured pruning cannot serve, in the user's words."""
+        if targets == "embeddings" and model_cfg.get("constrained_embedding", True):
+            return ["prune.targets='embeddings' with model=gru4rec and model.constrained_embedding=true: the item "
+                    "table is the output layer, tied to the GRU hidden units, so there are no separate embedding "
+                    "dims; use prune.targets=mlp or all (GRU hidden units), or model.constrained_embedding=false"]
+        return []
+
+    @classmethod
+    def unit_counts(cls, model_cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        h, emb = model_cfg.get("hidden_size"), model_cfg.get("embedding", 0)
+        if not model_cfg.get("constrained_embedding", True) and isinstance(emb, int) and isinstance(emb or h, int):
+            width = f"model.embedding={emb}" if emb else f"model.embedding=0, so model.hidden_size={h}"
+            out[f"the input embedding dims ({width})"] = ("embeddings", emb or h)
+        if isinstance(h, int):
+            out[f"the GRU hidden units (model.hidden_size={h})"] = ("mlp", h)
+        return out

@@ -7,14 +7,65 @@ special-case a model: ``forward(users, items) -> logits``, ``score(users, items)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from recsys.models.base import UnitGroup, unit_slice
+
+# Structured-pruning couplings (written by hand rather than with a dependency-graph library: the result must be rebuilt
+# from ``config()``): GMF's user and item tables are multiplied element-wise (a factor goes from both), MLP's first
+# Linear reads [p_u; q_i] whose halves must stay equal (layers[0] = 2 x embedding size), NeuMF's output layer reads
+# [gmf ; mlp] at an offset.
 
 
 def _check_positive_int(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+
+
+def _gmf_groups(factors: int, p: str, out_key: str, offset: int) -> list[UnitGroup]:
+    return [UnitGroup(f"{p}factors", "embeddings", factors,
+                      [unit_slice(f"{p}user_embedding.weight", 1), unit_slice(f"{p}item_embedding.weight", 1)],
+                      [unit_slice(out_key, 1, offset)])]
+
+
+def _mlp_groups(mlp: "MLP", p: str, out_key: str, offset: int) -> list[UnitGroup]:
+    lins = [f"{p}tower.{i}" for i, m in enumerate(mlp.tower) if isinstance(m, nn.Linear)]
+    emb = mlp.layers[0] // 2
+    first = f"{lins[0]}.weight" if lins else out_key
+    base = 0 if lins else offset
+    groups = [UnitGroup(f"{p}user_dims", "embeddings", emb, [unit_slice(f"{p}user_embedding.weight", 1)],
+                        [unit_slice(first, 1, base)], tie=f"{p}dims"),
+              UnitGroup(f"{p}item_dims", "embeddings", emb, [unit_slice(f"{p}item_embedding.weight", 1)],
+                        [unit_slice(first, 1, base + emb)], tie=f"{p}dims")]
+    for i, lin in enumerate(lins):
+        nxt = unit_slice(f"{lins[i + 1]}.weight", 1) if i + 1 < len(lins) else unit_slice(out_key, 1, offset)
+        groups.append(UnitGroup(lin, "mlp", mlp.layers[i + 1],
+                                [unit_slice(f"{lin}.weight", 0), unit_slice(f"{lin}.bias", 0)], [nxt]))
+    return groups
+
+
+def _tower(n_keep: dict[str, int], p: str) -> list[int]:
+    return [2 * n_keep[f"{p}user_dims"]] + [v for g, v in n_keep.items() if g.startswith(f"{p}tower.")]
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def _ncf_unit_counts(model_cfg: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Units per structured-pruning group from an NCF model config alone (factors, MLP embedding dims, MLP layers)."""
+    out: dict[str, tuple[str, int]] = {}
+    if isinstance(model_cfg.get("factors"), int):
+        out["factors (model.factors)"] = ("embeddings", model_cfg["factors"])
+    layers = model_cfg.get("mlp_layers", model_cfg.get("layers"))
+    if isinstance(layers, (list, tuple)) and layers and _ints(layers):
+        out["MLP embedding dims (model.mlp_layers[0] / 2)"] = ("embeddings", layers[0] // 2)
+        for i, n in enumerate(layers[1:], 1):
+            out[f"MLP layer {i} (model.mlp_layers[{i}]={n})"] = ("mlp", n)
+    return out
 
 
 class GMF(nn.Module):
@@ -49,6 +100,17 @@ class GMF(nn.Module):
 
     def config(self) -> dict:
         return {"_target_": "recsys.models.ncf.GMF", "n_users": self.n_users, "n_items": self.n_items, "factors": self.factors}
+
+    QUANT_KINDS = ("embeddings", "linear")   # quant.targets this model has modules of
+    STUDENT_KEYS = ("factors",)
+    STUDENT_ALIASES: dict[str, str] = {}
+    unit_counts = classmethod(lambda cls, model_cfg: _ncf_unit_counts(model_cfg))
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return _gmf_groups(self.factors, "", "predict.weight", 0)
+
+    def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
+        return {**self.config(), "factors": n_keep["factors"]}
 
 
 class MLP(nn.Module):
@@ -128,6 +190,17 @@ class MLP(nn.Module):
         return {"_target_": "recsys.models.ncf.MLP", "n_users": self.n_users, "n_items": self.n_items, "layers": self.layers,
                 "dropout": self.dropout}
 
+    QUANT_KINDS = ("embeddings", "linear")   # quant.targets this model has modules of
+    STUDENT_KEYS = ("layers",)
+    STUDENT_ALIASES: dict[str, str] = {}
+    unit_counts = classmethod(lambda cls, model_cfg: _ncf_unit_counts(model_cfg))
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return _mlp_groups(self, "", "predict.weight", 0)
+
+    def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
+        return {**self.config(), "layers": _tower(n_keep, "")}
+
 
 class NeuMF(nn.Module):
     """NeuMF: GMF and MLP branches with separate embeddings, fused by one output layer on [gmf ; mlp]."""
@@ -176,3 +249,15 @@ class NeuMF(nn.Module):
     def config(self) -> dict:
         return {"_target_": "recsys.models.ncf.NeuMF", "n_users": self.n_users, "n_items": self.n_items, "factors": self.gmf.factors,
                 "mlp_layers": self.mlp.layers, "dropout": self.mlp.dropout}
+
+    QUANT_KINDS = ("embeddings", "linear")   # quant.targets this model has modules of
+    STUDENT_KEYS = ("factors", "mlp_layers")
+    STUDENT_ALIASES: dict[str, str] = {}
+    unit_counts = classmethod(lambda cls, model_cfg: _ncf_unit_counts(model_cfg))
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return _gmf_groups(self.gmf.factors, "gmf.", "predict.weight", 0) + \
+            _mlp_groups(self.mlp, "mlp.", "predict.weight", self.gmf.factors)
+
+    def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
+        return {**self.config(), "factors": n_keep["gmf.factors"], "mlp_layers": _tower(n_keep, "mlp.")}

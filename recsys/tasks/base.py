@@ -61,6 +61,11 @@ class TaskFamily:
         """Constructor spec (``_target_`` + kwargs) of the configured model with data sizes filled in."""
         raise NotImplementedError
 
+    def pretrain(self, model: nn.Module, cfg: Any, data: Any, dense_of: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """Initialise a fresh dense model before its training (default: nothing). ``dense_of(sub_cfg)`` returns the
+        (cached) trained dense model of another model config on the same data. Returns (figures, train kwargs)."""
+        return {}, {}
+
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> L.LightningModule:
         raise NotImplementedError
 

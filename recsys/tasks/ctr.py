@@ -10,27 +10,30 @@ Two data kinds share the task:
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
 from recsys.data.config import validate_data_cfg
-from recsys.data.ctr import CTRTable, SideFeatures, movielens_side_features, parse_criteo_cfg, read_criteo, \
-    side_feature_folder
-from recsys.data.datamodule import RankingDataModule
+from recsys.data.ctr import (
+    CTRTable,
+    SideFeatures,
+    movielens_side_features,
+    parse_criteo_cfg,
+    side_feature_folder,
+)
+from recsys.data.ctr_datamodule import PairsDataModule, TableDataModule
+from recsys.data.ctr_table import parse_ctr_cfg, read_ctr_table
 from recsys.data.splits import ImplicitSplit, build_split
 from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
 from recsys.evaluation.protocols import ranking_metrics, sampled_scores
-from recsys.measure.latency import LatencyConfig, _percentiles, measure_latency, time_calls
+from recsys.measure.latency import LatencyConfig, measure_latency, table_latency
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 TRAIN_KEYS = ("min_rating", "objective")
@@ -102,58 +105,6 @@ class CTRTask(TrainableTask):
             self.log(f"{self.stage}/epoch_val_hr_at_{self.topk}", M.hit_rate_at_k(ranks, self.topk), prog_bar=True)
 
 
-class TableBatches(IterableDataset):
-    """Shuffled (seed, epoch) batches ``(cat, dense, labels)`` of table rows; one ``__iter__`` per epoch."""
-
-    def __init__(self, table: CTRTable, rows: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 data_fraction: float = 1.0) -> None:
-        self.cat, self.dense = torch.from_numpy(table.cat), torch.from_numpy(table.dense)
-        self.labels = torch.from_numpy(table.labels)
-        self.rows, self.batch_size, self.seed, self.shuffle = rows, int(batch_size), int(seed), shuffle
-        self.data_fraction, self.epoch = float(data_fraction), 0
-
-    def n_rows(self) -> int:
-        return max(1, int(round(self.data_fraction * len(self.rows))))
-
-    def __len__(self) -> int:
-        return math.ceil(self.n_rows() / self.batch_size)
-
-    def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        rows = self.rows
-        if self.shuffle:
-            rows = np.random.default_rng([self.seed, epoch]).permutation(rows)[:self.n_rows()]
-        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-        for s in range(0, len(idx), self.batch_size):
-            r = idx[s:s + self.batch_size]
-            yield self.cat[r], self.dense[r], self.labels[r]
-
-
-class PairsDataModule(RankingDataModule):
-    """NCF's ranking DataModule, carrying the CTR data so the task can fill a fresh model's side-feature tables."""
-
-    def __init__(self, ctr_data: "CTRData", *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ctr_data = ctr_data
-
-
-class TableDataModule(L.LightningDataModule):
-    """Shuffled training rows and the validation rows of a CTR table."""
-
-    def __init__(self, table: CTRTable, batch_size: int, seed: int, data_fraction: float = 1.0) -> None:
-        super().__init__()
-        if not 0.0 < data_fraction <= 1.0:
-            raise ConfigError(f"data_fraction must be in (0, 1], got {data_fraction} (finetune.data_fraction).")
-        self.train_data = TableBatches(table, table.train_idx, batch_size, seed, True, data_fraction)
-        self.val_data = TableBatches(table, table.val_idx, 8192, shuffle=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_data, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_data, batch_size=None)
-
-
 def _label_metrics(scores: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}auc": float(M.auc(scores, labels)), f"{prefix}logloss": float(M.logloss(scores, labels))}
 
@@ -170,6 +121,8 @@ class CTRFamily(TaskFamily):
         try:
             if data.get("format") == "criteo":
                 parse_criteo_cfg(data)
+            elif data.get("format") in ("ctr_csv", "libfm"):
+                parse_ctr_cfg(data)
             elif data.get("format") == "sessions":
                 return [f"model={cfg.get('model', {}).get('name')} (a CTR model) cannot read data={data.get('name')}: "
                         "format 'sessions' has no user or label fields; use data=ml-1m-loo, ml-100k or criteo."]
@@ -181,8 +134,8 @@ class CTRFamily(TaskFamily):
 
     def load_data(self, cfg: Any) -> CTRData:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-        if data_cfg.get("format") == "criteo":
-            t = read_criteo(parse_criteo_cfg(data_cfg), cfg.paths.data_dir, cfg.paths.cache_dir, int(cfg.seed))
+        if data_cfg.get("format") in ("criteo", "ctr_csv", "libfm"):
+            t = read_ctr_table(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, int(cfg.seed))
             return CTRData("table", t.name, t.checksum, table=t)
         min_rating = cfg.model.get("min_rating")
         if data_cfg.get("format") == "movielens" and data_cfg.get("min_rating") is None and min_rating is not None:
@@ -196,16 +149,21 @@ class CTRFamily(TaskFamily):
         tags = {"dataset": data.name, "dataset_checksum": data.checksum, "ctr_data": data.kind}
         if data.kind == "table":
             t = data.table
-            return tags, {"data/n_rows": len(t.labels), "data/n_train": len(t.train_idx), "data/n_test": len(t.test_idx),
-                          "data/positive_rate": float(t.labels.mean()), "data/n_features": float(sum(t.field_dims))}
+            return {**tags, "split": t.split_rule}, {
+                "data/n_rows": len(t.labels), "data/n_train": len(t.train_idx), "data/n_test": len(t.test_idx),
+                "data/positive_rate": float(t.labels.mean()), "data/skipped_lines": t.skipped_lines,
+                "data/n_features": float(sum(t.field_dims) + sum(t.bag_dims) + t.dense.shape[1])}
         s = data.split
-        return tags, {"data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
-                      "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims))}
+        return {**tags, **s.tags()}, {
+            "data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
+            "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims)),
+            "data/skipped_lines": s.skipped_lines}
 
     def model_spec(self, model_cfg: dict[str, Any], data: CTRData) -> dict[str, Any]:
         kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in TRAIN_KEYS}
         if data.kind == "table":
-            return {**kw, "field_dims": data.table.field_dims, "n_dense": data.table.dense.shape[1]}
+            return {**kw, "field_dims": data.table.field_dims, "n_dense": data.table.dense.shape[1],
+                    "bag_dims": data.table.bag_dims, "bag_len": data.table.bag_len}
         sd = data.side
         return {**kw, "field_dims": sd.field_dims, "bag_dims": sd.bag_dims, "bag_len": sd.item_bags.shape[2],
                 "n_users": data.split.n_users, "n_items": data.split.n_items, "n_user_fields": sd.user_table.shape[1]}
@@ -279,28 +237,8 @@ class CTRFamily(TaskFamily):
                            throughput_repeats=b.throughput_repeats)
         if data.kind == "pairs":
             return measure_latency(model, data.split.n_users, data.split.n_items, lc)
-        return table_latency(model, data.table, lc)
-
-
-@torch.inference_mode()
-def table_latency(model: nn.Module, table: CTRTable, cfg: LatencyConfig) -> dict[str, float]:
-    """Batch-``candidates`` requests of real test rows (p50/p99) and throughput of ``throughput_batch`` rows."""
-    model.eval()
-    prev = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        g = np.random.default_rng(cfg.seed)
-        cat, dense = torch.from_numpy(table.cat), torch.from_numpy(table.dense)
-        n = cfg.requests + cfg.warmup
-        reqs = [torch.as_tensor(g.choice(table.test_idx, cfg.candidates)) for _ in range(n)]
-        reqs = [(cat[r], dense[r]) for r in reqs]
-        p50, p99, mean = _percentiles(time_calls(lambda i: model.score(*reqs[i]), cfg.requests, cfg.warmup))
-        r = torch.as_tensor(g.choice(len(table.labels), cfg.throughput_batch))
-        t = time_calls(lambda i: model.score(cat[r], dense[r]), cfg.throughput_repeats, 2)
-        return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_mean_ms": mean,
-                "throughput_per_s": cfg.throughput_batch / float(np.median(t)), "latency_threads": float(cfg.threads)}
-    finally:
-        torch.set_num_threads(prev)
+        t = data.table
+        return table_latency(model, t.cat, t.dense, t.test_idx, len(t.labels), lc)
 
 
 FAMILY = CTRFamily()

@@ -13,7 +13,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-
 # Known, harmless warnings of Lightning 2.6 with our data path: the batch-level IterableDataset defines __len__ on
 # purpose (single process, exact), and Lightning's own pytree deprecation is not ours to fix.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -50,3 +49,41 @@ def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
 def _best_epoch(checkpoint: ModelCheckpoint) -> int:
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
     return int(state.get("epoch", -1))
+
+
+class StageTrainer:
+    """Trains and evaluates models of one job (family, data, config, logger): what the pipeline's stages and the
+    compression techniques use to run a training stage, instead of calling back into the pipeline."""
+
+    def __init__(self, family: Any, data: Any, cfg: Any, logger: Logger | bool = False) -> None:
+        self.family, self.data, self.cfg, self.logger = family, data, cfg, logger
+
+    def train(self, model: torch.nn.Module, stage: str, lr: float | None = None, optimizer: str | None = None,
+              epochs: int | None = None, data_fraction: float = 1.0, callbacks: Sequence[Callback] = (),
+              select_best: bool = True, task: L.LightningModule | None = None) -> dict[str, float]:
+        """Train ``model`` in place with its family's task; by default keeps the best validation epoch."""
+        import shutil
+        from pathlib import Path
+
+        from omegaconf import OmegaConf
+
+        family, data, cfg = self.family, self.data, self.cfg
+        task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
+        dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
+        Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
+        ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
+        try:
+            info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True),
+                       logger=self.logger, callbacks=list(callbacks), ckpt_dir=ckpt,
+                       monitor=f"{stage}/epoch_{family.monitor}", select_best=select_best,
+                       patience=cfg.train.get("patience") if select_best else None)
+        finally:
+            shutil.rmtree(ckpt, ignore_errors=True)  # the best weights are back in the model; the file is not needed
+        n = family.samples_per_epoch(data, cfg, data_fraction) * info["epochs_run"]
+        info["samples_per_s"] = n / max(info["train_seconds"], 1e-9)
+        info["seconds_per_epoch"] = info["train_seconds"] / max(info["epochs_run"], 1.0)
+        return info
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """The family's quality figures of ``model`` on this job's data."""
+        return self.family.evaluate(model, self.data, self.cfg)

@@ -2,11 +2,12 @@
 of the held-out item among its sampled negatives. Wraps any model with ``forward(users, items) -> logits``."""
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from recsys.data.config import validate_data_cfg
@@ -76,12 +77,38 @@ class RankingFamily(TaskFamily):
                            cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
 
     def data_summary(self, data: ImplicitSplit) -> tuple[dict[str, str], dict[str, float]]:
-        tags = {"dataset": data.name, "dataset_checksum": data.checksum}
+        tags = {"dataset": data.name, "dataset_checksum": data.checksum, **data.tags()}
         return tags, {"data/n_users": data.n_users, "data/n_items": data.n_items,
-                      "data/n_train": len(data.train_users), "data/n_test": len(data.test_users)}
+                      "data/n_train": len(data.train_users), "data/n_test": len(data.test_users),
+                      "data/skipped_lines": data.skipped_lines}
 
     def model_spec(self, model_cfg: dict[str, Any], data: ImplicitSplit) -> dict[str, Any]:
         return {**model_kwargs(model_cfg), "n_users": data.n_users, "n_items": data.n_items}
+
+    def pretrain(self, model: nn.Module, cfg: Any, data: ImplicitSplit, dense_of: Any
+                 ) -> tuple[dict[str, float], dict[str, Any]]:
+        """``model.pretrain=true`` (NeuMF): train GMF and MLP with the same settings (each cached through
+        ``dense_of``), then initialise NeuMF from them (He et al., Sec. 3.4.1); trained next with the pre-training
+        optimizer and learning rate."""
+        if not cfg.model.get("pretrain"):
+            return {}, {}
+        seconds = 0.0
+        parts = {}
+        for name, target, kw in (("gmf", "recsys.models.ncf.GMF", {"factors": cfg.model.factors}),
+                                 ("mlp", "recsys.models.ncf.MLP", {"layers": list(cfg.model.mlp_layers),
+                                                                  "dropout": cfg.model.dropout})):
+            sub = copy.deepcopy(cfg)
+            with open_dict(sub):
+                sub.model = OmegaConf.create({"_target_": target, "name": name, "task": cfg.model.task, **kw})
+            m, info = dense_of(sub)
+            seconds += info.get("train_seconds", 0.0)
+            parts[name] = m
+            print(f"[pretrain] {name}: ready (train_seconds={info.get('train_seconds', 0):.1f}, "
+                  f"cache_hit={info.get('cache_hit')})")
+        model.load_pretrained(parts["gmf"], parts["mlp"], alpha=float(cfg.model.get("pretrain_alpha", 0.5)))
+        train_kw = {"optimizer": cfg.model.get("pretrain_optimizer", "sgd"),
+                    "lr": cfg.model.get("pretrain_lr", cfg.train.lr)}
+        return {"pretrain_seconds": seconds}, train_kw
 
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> RankingTask:
         return RankingTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,

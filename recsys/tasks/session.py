@@ -5,20 +5,26 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.sessions import (SessionData, SessionParallelBatches, Sessions, load_session_data, order_problem,
-                                  padded, parse_session_cfg)
 from recsys.data.config import validate_data_cfg
+from recsys.data.session_datamodule import SessionDataModule
+from recsys.data.sessions import (
+    SessionData,
+    SessionParallelBatches,
+    Sessions,
+    load_session_data,
+    order_problem,
+    padded,
+    parse_session_cfg,
+)
 from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
-from recsys.measure.latency import _percentiles, time_calls
-from recsys.models.gru4rec import LOSSES, sampled_loss
+from recsys.measure.latency import LatencyConfig, session_latency
+from recsys.models.base import LOSSES, sampled_loss
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 # model-config keys that configure training, not the network
@@ -34,11 +40,11 @@ def next_item_ranks(model: nn.Module, sessions: Sessions, batch_sessions: int = 
     out = []
     for s in range(0, len(order), batch_sessions):
         seq, lens, tgt = padded(sessions, order[s:s + batch_sessions])
-        hidden = model.init_hidden(len(seq))
+        state = model.init_state(len(seq))
         for t in range(int(lens.max()) - 1):
             live = t < lens
-            h, new_hidden = model.step(seq[:, t], hidden)
-            hidden = torch.where(live[None, :, None], new_hidden, hidden)
+            h, new_state = model.advance(seq[:, t], state)
+            state = model.keep_state(new_state, state, live)
             rows = torch.nonzero(tgt[:, t + 1], as_tuple=True)[0]
             if len(rows):
                 scores = model.item_scores(h[rows]).float()
@@ -59,7 +65,7 @@ def session_metrics(ranks: torch.Tensor, ks: tuple[int, ...], prefix: str = "") 
 
 
 class SessionTask(TrainableTask):
-    """Trains a GRU4Rec-style model on session-parallel batches; logs ``<stage>/epoch_val_recall_at_20`` etc."""
+    """Trains a session model (the SessionModel contract of models/base.py) on session-parallel batches; logs ``<stage>/epoch_val_recall_at_20`` etc."""
 
     def __init__(self, model: nn.Module, lr: float = 0.05, optimizer: str = "adagrad", weight_decay: float = 0.0,
                  stage: str = "dense", loss: str = "cross-entropy", bpreg: float = 0.0, logq: float = 0.0,
@@ -68,7 +74,8 @@ class SessionTask(TrainableTask):
         self.loss_name, self.bpreg, self.logq, self.ks = loss, bpreg, logq, ks
         counts = torch.as_tensor(item_counts if item_counts is not None else np.ones(1), dtype=torch.float32)
         self.register_buffer("log_pop", torch.log(counts.clamp(min=1) / counts.sum()), persistent=False)
-        self.hidden: torch.Tensor | None = None
+        self.hidden: Any = None          # the model's per-session state (SessionModel contract, models/base.py)
+        self._rows = 0                   # sessions that state holds
         self._ranks: list[torch.Tensor] = []
 
     def on_fit_start(self) -> None:
@@ -82,12 +89,11 @@ class SessionTask(TrainableTask):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         inputs, targets, reset, negatives = batch
-        if self.hidden is None or self.hidden.shape[1] != len(inputs):
-            self.hidden = self.model.init_hidden(len(inputs), inputs.device)
-        # truncated BPTT of one step (as the official code): the state carries over, its gradient does not;
-        # slots where a new session starts get a zero state.
-        hidden = self.hidden.detach() * (~reset).to(self.hidden.dtype)[None, :, None]
-        h, self.hidden = self.model.step(inputs, hidden)
+        if self.hidden is None or self._rows != len(inputs):
+            self.hidden, self._rows = self.model.init_state(len(inputs), inputs.device), len(inputs)
+        # the model's reset_state: slots where a new session starts get a fresh state; the state carries over
+        # between steps without its gradient (GRU4Rec: truncated BPTT of one step, as the official code)
+        h, self.hidden = self.model.advance(inputs, self.model.reset_state(self.hidden, reset))
         loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop)
         loss = self.add_extra_losses(loss, batch, h)
         self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
@@ -105,33 +111,6 @@ class SessionTask(TrainableTask):
         for k, v in session_metrics(ranks, self.ks, "val_").items():
             if not k.startswith("val_ndcg"):
                 self.log(f"{self.stage}/epoch_{k}", v, prog_bar=k.endswith("_20"))
-
-
-class _Once(IterableDataset):
-    """A dataset of one element (the validation sessions, ranked in one validation step)."""
-
-    def __init__(self, item: Any) -> None:
-        self.item = item
-
-    def __iter__(self):
-        yield self.item
-
-
-class SessionDataModule(L.LightningDataModule):
-    """Session-parallel training batches and the validation sessions."""
-
-    def __init__(self, data: SessionData, batch_size: int, n_sample: int, sample_alpha: float, seed: int,
-                 data_fraction: float = 1.0) -> None:
-        super().__init__()
-        self.data = data
-        self.train_data = SessionParallelBatches(data.train, batch_size, data.n_items, n_sample, sample_alpha, seed,
-                                                 data_fraction, data.item_counts())
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_data, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Once(self.data.val), batch_size=None, collate_fn=lambda x: x)
 
 
 class SessionFamily(TaskFamily):
@@ -170,11 +149,11 @@ class SessionFamily(TaskFamily):
                                  cfg.paths.cache_dir)
 
     def data_summary(self, data: SessionData) -> tuple[dict[str, str], dict[str, float]]:
-        return ({"dataset": data.name, "dataset_checksum": data.checksum},
+        return ({"dataset": data.name, "dataset_checksum": data.checksum, "split": data.split_rule},
                 {"data/n_items": data.n_items, "data/n_train_events": data.train.n_events,
                  "data/n_train_sessions": data.train.n_sessions, "data/n_test_events": data.test.n_events,
                  "data/n_test_targets": data.test.n_targets, "data/n_val_targets": data.val.n_targets,
-                 "data/dropped_test_events": data.dropped_test_events})
+                 "data/dropped_test_events": data.dropped_test_events, "data/skipped_lines": data.skipped_lines})
 
     def model_spec(self, model_cfg: dict[str, Any], data: SessionData) -> dict[str, Any]:
         kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in TRAIN_KEYS}
@@ -212,28 +191,11 @@ class SessionFamily(TaskFamily):
         return seq, lens
 
     def latency(self, model: nn.Module, data: SessionData, cfg: Any) -> dict[str, float]:
-        """One request = one session's new click + its stored hidden state -> scores of all items (batch 1);
-        throughput = min(``bench.throughput_batch``, 1024) sessions advanced by one click at once."""
+        """One request = one session's new click + its stored state -> scores of all items (``session_latency``)."""
         b = cfg.bench
-        model.eval()
-        prev = torch.get_num_threads()
-        torch.set_num_threads(int(b.threads))
-        try:
-            with torch.inference_mode():
-                g = torch.Generator().manual_seed(0)
-                n = int(b.requests) + int(b.warmup)
-                items = torch.randint(0, data.n_items, (n, 1), generator=g)
-                hidden = torch.randn(model.layers, 1, model.hidden_size, generator=g) * 0.1
-                t = time_calls(lambda i: model.score_next(items[i], hidden), int(b.requests), int(b.warmup))
-                p50, p99, mean = _percentiles(t)
-                bt = min(int(b.throughput_batch), 1024)   # sessions x all items: capped to keep memory sane
-                bi = torch.randint(0, data.n_items, (bt,), generator=g)
-                bh = torch.zeros(model.layers, bt, model.hidden_size)
-                t = time_calls(lambda i: model.score_next(bi, bh), int(b.throughput_repeats), 2)
-        finally:
-            torch.set_num_threads(prev)
-        return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_mean_ms": mean,
-                "throughput_per_s": bt / float(np.median(t)), "latency_threads": float(b.threads)}
+        return session_latency(model, data.n_items, LatencyConfig(
+            threads=int(b.threads), warmup=int(b.warmup), requests=int(b.requests),
+            throughput_batch=int(b.throughput_batch), throughput_repeats=int(b.throughput_repeats)))
 
 
 FAMILY = SessionFamily()

@@ -1,4 +1,4 @@
-"""Weight pruning: unstructured magnitude masks and structured removal of whole units (NCF models, DeepFM, GRU4Rec).
+"""Weight pruning: unstructured magnitude masks and structured removal of whole units (any model that declares them).
 
 Two separate steps, with separate names (NNI's split): ``prune_`` *masks* weights in place (torch.nn.utils.prune's
 reparametrisation ``weight = weight_orig * weight_mask``), which changes neither bytes nor speed; ``shrink`` *removes*
@@ -14,7 +14,7 @@ masks are recomputed from scratch at each call with already-masked entries ranke
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from recsys.models import build_model
+from recsys.models.base import UnitGroup, structured_support
 
 TARGETS = ("embeddings", "mlp", "all")
 SCOPES = ("global", "layer")
@@ -46,21 +47,6 @@ class StructuredPruning:
     ratio: float
     targets: str = "all"
     norm: str = "l2"
-
-
-Slice = tuple[str, int, tuple[int, ...]]   # (param key, dim, offsets): unit u owns index offset + u for every offset
-
-
-@dataclass
-class UnitGroup:
-    """Units pruned together: ``producers`` slices are masked; ``consumers`` slices read them (both cut by shrink)."""
-
-    name: str
-    kind: str                                   # "embeddings" or "mlp" (which prune.targets select it)
-    n: int
-    producers: list[Slice]
-    consumers: list[Slice]
-    tie: str | None = None                      # groups with the same tie keep equal counts (one config size)
 
 
 def n_removed(ratio: float, n: int) -> int:
@@ -174,123 +160,18 @@ def magnitude_masks(model: nn.Module, cfg: MagnitudePruning) -> dict[str, torch.
 
 
 # ---------------------------------------------------------------------------------------------------- structured
-# Written by hand rather than with torch-pruning's DependencyGraph: the couplings are recommender-specific and the
-# result must be rebuilt from ``config()``, not patched module by module. NCF: GMF's user and item tables are multiplied
-# element-wise (a factor is removed from both), MLP's first Linear reads [p_u; q_i] whose halves must stay equal
-# (mlp_layers[0] = 2 x embedding size), NeuMF's output layer reads [gmf ; mlp] at an offset. DeepFM: the FM term is a
-# dot product across fields, so dimension d goes from every field's table at once (and from the MLP input columns
-# f * k + d). GRU4Rec: hidden unit j is rows j, H+j, 2H+j (reset, update, new gates) of its layer.
-def _slice(key: str, dim: int, *offsets: int) -> Slice:
-    return key, dim, offsets or (0,)
-
-
-def _gmf_groups(gmf: nn.Module, p: str, out_key: str, offset: int) -> list[UnitGroup]:
-    return [UnitGroup(f"{p}factors", "embeddings", gmf.factors,
-                      [_slice(f"{p}user_embedding.weight", 1), _slice(f"{p}item_embedding.weight", 1)],
-                      [_slice(out_key, 1, offset)])]
-
-
-def _mlp_groups(mlp: nn.Module, p: str, out_key: str, offset: int) -> list[UnitGroup]:
-    lins = [f"{p}tower.{i}" for i, m in enumerate(mlp.tower) if isinstance(m, nn.Linear)]
-    emb = mlp.layers[0] // 2
-    first = f"{lins[0]}.weight" if lins else out_key
-    base = 0 if lins else offset
-    groups = [UnitGroup(f"{p}user_dims", "embeddings", emb, [_slice(f"{p}user_embedding.weight", 1)],
-                        [_slice(first, 1, base)], tie=f"{p}dims"),
-              UnitGroup(f"{p}item_dims", "embeddings", emb, [_slice(f"{p}item_embedding.weight", 1)],
-                        [_slice(first, 1, base + emb)], tie=f"{p}dims")]
-    for i, lin in enumerate(lins):
-        nxt = _slice(f"{lins[i + 1]}.weight", 1) if i + 1 < len(lins) else _slice(out_key, 1, offset)
-        groups.append(UnitGroup(lin, "mlp", mlp.layers[i + 1],
-                                [_slice(f"{lin}.weight", 0), _slice(f"{lin}.bias", 0)], [nxt]))
-    return groups
-
-
-def _ncf_groups(model: nn.Module) -> list[UnitGroup]:
-    name = type(model).__name__
-    if name == "NeuMF":
-        return _gmf_groups(model.gmf, "gmf.", "predict.weight", 0) + \
-            _mlp_groups(model.mlp, "mlp.", "predict.weight", model.gmf.factors)
-    return (_gmf_groups if name == "GMF" else _mlp_groups)(model, "", "predict.weight", 0)
-
-
-def _ncf_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
-    name = type(model).__name__
-    if name in ("NeuMF", "GMF"):
-        spec["factors"] = n[("gmf." if name == "NeuMF" else "") + "factors"]
-    if name in ("NeuMF", "MLP"):
-        p, lkey = ("mlp.", "mlp_layers") if name == "NeuMF" else ("", "layers")
-        spec[lkey] = [2 * n[f"{p}user_dims"]] + [v for g, v in n.items() if g.startswith(f"{p}tower.")]
-    return spec
-
-
-def _deepfm_groups(model: nn.Module) -> list[UnitGroup]:
-    k = model.embed_dim
-    n_fields = len(model.field_dims) + len(model.bag_dims) + model.n_dense
-    tables = [_slice(f"{t}.weight", 1) for t in ("embedding", "bag_embedding") if getattr(model, t) is not None]
-    if model.dense_embedding is not None:
-        tables.append(_slice("dense_embedding", 1))
-    lins = [f"mlp.{i}" for i, m in enumerate(model.mlp) if isinstance(m, nn.Linear)]
-    deep_in = f"{lins[0]}.weight" if lins else "predict.weight"
-    groups = [UnitGroup("embed_dims", "embeddings", k, tables, [_slice(deep_in, 1, *range(0, n_fields * k, k))])]
-    for i, lin in enumerate(lins):
-        nxt = f"{lins[i + 1]}.weight" if i + 1 < len(lins) else "predict.weight"
-        groups.append(UnitGroup(lin, "mlp", model.mlp_layers[i],
-                                [_slice(f"{lin}.weight", 0), _slice(f"{lin}.bias", 0)], [_slice(nxt, 1)]))
-    return groups
-
-
-def _deepfm_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
-    return {**spec, "embed_dim": n["embed_dims"], "mlp_layers": [v for g, v in n.items() if g.startswith("mlp.")]}
-
-
-def _gru4rec_groups(model: nn.Module) -> list[UnitGroup]:
-    h, gates = model.hidden_size, (0, model.hidden_size, 2 * model.hidden_size)
-    groups = []
-    if model.embedding is not None:
-        groups.append(UnitGroup("embedding_dims", "embeddings", model.embedding.embedding_dim,
-                                [_slice("embedding.weight", 1)], [_slice("gru.weight_ih_l0", 1)]))
-    for layer in range(model.layers):
-        producers = [_slice(f"gru.{w}_l{layer}", 0, *gates) for w in ("weight_hh", "weight_ih", "bias_ih", "bias_hh")]
-        consumers = [_slice(f"gru.weight_hh_l{layer}", 1)]
-        if layer + 1 < model.layers:
-            consumers.append(_slice(f"gru.weight_ih_l{layer + 1}", 1))
-        else:
-            consumers.append(_slice("out.weight", 1))
-            if model.embedding is None:
-                # constrained embedding: the input item table is out.weight, so the last layer's unit j is also input
-                # dimension j. The mask cuts it at the GRU's input columns rather than on out.weight, which the
-                # session loss reads directly (never through out's forward, where a mask's hook would refresh it).
-                producers.append(_slice("gru.weight_ih_l0", 1))
-        groups.append(UnitGroup(f"gru.layer{layer}", "mlp", h, producers, consumers, tie="gru.hidden_size"))
-    return groups
-
-
-def _gru4rec_resize(model: nn.Module, spec: dict[str, Any], n: dict[str, int]) -> dict[str, Any]:
-    spec = {**spec, "hidden_size": n["gru.layer0"]}
-    if model.embedding is not None:     # explicit, so that embedding=0 (input width = hidden_size) keeps its width
-        spec["embedding"] = n["embedding_dims"]
-    return spec
-
-
-Arch = tuple[Callable[[nn.Module], list[UnitGroup]], Callable[..., dict[str, Any]]]   # (groups, resized config)
-_ARCHS: dict[str, Arch] = {
-    "GMF": (_ncf_groups, _ncf_resize), "MLP": (_ncf_groups, _ncf_resize), "NeuMF": (_ncf_groups, _ncf_resize),
-    "DeepFM": (_deepfm_groups, _deepfm_resize), "GRU4Rec": (_gru4rec_groups, _gru4rec_resize),
-}
-STRUCTURED_MODELS = tuple(_ARCHS)
-
-
-def _arch(model: nn.Module) -> Arch:
-    name = type(model).__name__
-    if name not in _ARCHS:
-        raise ValueError(f"prune.method=structured supports the models {list(_ARCHS)}, not {name}")
-    return _ARCHS[name]
+# The unit groups (which slices of which parameters form one removable unit) are the model's own knowledge:
+# ``model.unit_groups()`` / ``model.resized(n_keep)`` (recsys/models/base.py); this module only ranks and cuts them.
+def _prunable(model: nn.Module) -> nn.Module:
+    if not structured_support(model):
+        raise ValueError(f"prune.method=structured: {type(model).__name__} does not implement unit_groups() / "
+                         "resized() / unit_counts() (recsys/models/base.py), so it cannot be pruned structurally")
+    return model
 
 
 def unit_groups(model: nn.Module) -> list[UnitGroup]:
-    """The prunable unit groups of a GMF, MLP, NeuMF, DeepFM or GRU4Rec model."""
-    return _arch(model)[0](model)
+    """The prunable unit groups the model declares."""
+    return _prunable(model).unit_groups()
 
 
 def _per_unit(t: torch.Tensor, n: int, dim: int, offsets: tuple[int, ...]) -> torch.Tensor:
@@ -373,7 +254,7 @@ def kept_units(model: nn.Module) -> dict[str, torch.Tensor]:
 def shrink(model: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A physically smaller copy of ``model`` holding only the ``keep`` units (default: the non-zero ones)."""
     keep = keep if keep is not None else kept_units(model)
-    groups, resize = unit_groups(model), _arch(model)[1]
+    groups = unit_groups(model)
     retained: dict[tuple[str, int], torch.Tensor] = {}      # (param key, dim) -> which indices survive
     n_keep: dict[str, int] = {}
     for g in groups:
@@ -392,7 +273,7 @@ def shrink(model: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> nn.
         if g.tie and any(n_keep[x.name] != n_keep[g.name] for x in groups if x.tie == g.tie):
             raise ValueError(f"{[x.name for x in groups if x.tie == g.tie]} must keep the same number of units "
                              f"({g.tie} is one size)")
-    small = build_model(resize(model, dict(model.config()), n_keep))
+    small = build_model(model.resized(n_keep))
     state = {}
     for key in small.state_dict():
         t = effective(model, key)

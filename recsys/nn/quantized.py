@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.compress.quantize import QTensor, activation_qparams, dequantize, fake_quantize_activation
+from recsys.nn.qtensor import QTensor, activation_qparams, dequantize, fake_quantize_activation, pack_bits
 
 _DEPRECATION = ".*(deprecated|quantize_per|_make_per).*"
 
@@ -43,8 +43,6 @@ def embedding_prepack(q: QTensor) -> torch.Tensor:
 
     Built by hand rather than with ``embedding_bag_*_prepack`` because those re-derive min/max scales from floats; we
     must serve exactly the codes and scales that the artifact stores."""
-    from recsys.compress.quantize import pack_bits
-
     rows = q.shape[0]
     scale = q.scale.float().expand(rows) if not q.per_channel else q.scale.float()
     bias = -q.zero().reshape(-1).expand(rows) * scale

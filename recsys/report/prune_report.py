@@ -2,8 +2,8 @@
 
 Used by ``experiment=seed_table`` (a Hydra callback at ``on_multirun_end``) and by ``experiments/seed_table.py``.
 Runs are selected and grouped with ``recsys.report`` (``load_runs``, ``with_groups``, ``aggregate``); this module only
-picks the columns of the seed's table and renders mean ± std over seeds. MLflow and recsys.report are imported lazily:
-this file sits in ``recsys/compress`` (whose modules are imported to find techniques) but is reporting code.
+picks the columns of the seed's table and renders mean ± std over seeds. MLflow and the rest of recsys.report are imported
+lazily, so that Hydra can build the callback without loading them.
 """
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a hard dependency; keep import of recsys.compress cheap anyway
-    Callback = object  # type: ignore[assignment,misc]
+from hydra.experimental.callback import Callback
 
 STAGES = (("dense", "dense"), ("pruned", "pruned {ratio:.0%}"), ("finetuned", "fine-tuned"))
 COLUMNS = (("hr_at_{k}", "HR@{k}", 1.0, "{:.4f}"), ("ndcg_at_{k}", "NDCG@{k}", 1.0, "{:.4f}"),

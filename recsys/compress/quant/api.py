@@ -1,20 +1,28 @@
-"""Model-level quantization (``quantize_``: Embedding/Linear/GRU -> quantized modules; ``attach_fake_quant``: QAT
-parametrisations; ``calibrate``: activation ranges) and the Lightning callback that runs QAT during fine-tuning and
-converts to packed integers at the end."""
+"""The quantization verbs (torchao's ``quantize_(model, config)`` style): ``quantize_`` swaps Embedding/Linear/GRU
+modules for quantized ones, ``attach_fake_quant`` adds QAT parametrisations, ``calibrate`` observes activation ranges.
+
+Modules are found by type (``nn.Embedding`` / ``nn.Linear`` / ``nn.GRU``), never by model name; a model holding
+weights of a kind this quantizer does not cover (``nn.MultiheadAttention``'s packed projections, other RNNs) is
+refused with an error rather than left silently in fp32."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from recsys.compress.quant_kernels import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args, gru_weight_names
-from recsys.compress.quantize import (QuantConfig, activation_qparams, dequantize, fake_quantize,
-                                      fake_quantize_activation, packed_nbytes, quantize_tensor)
-
+from recsys.compress.quant.config import QuantConfig
+from recsys.nn.qtensor import (
+    activation_qparams,
+    dequantize,
+    fake_quantize,
+    fake_quantize_activation,
+    packed_nbytes,
+    quantize_tensor,
+)
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, gru_args, gru_weight_names
 
 _MODULES = {"embeddings": nn.Embedding, "linear": nn.Linear, "gru": nn.GRU}   # quant.targets entry -> module type
 
@@ -23,7 +31,24 @@ def _kind(m: nn.Module) -> str:
     return "embedding" if isinstance(m, nn.Embedding) else "gru" if isinstance(m, nn.GRU) else "linear"
 
 
+# Modules whose weights this quantizer has no runtime module for: refused, so no weight is silently left in fp32.
+# (nn.MultiheadAttention reads ``in_proj_weight`` / ``out_proj.weight`` directly inside F.multi_head_attention_forward,
+# so swapping its ``out_proj`` for a QuantizedLinear would not even take effect.) A model that wants its attention
+# quantized builds it from nn.Linear projections, which are found by type like every other Linear.
+UNSUPPORTED = (nn.MultiheadAttention, nn.LSTM, nn.RNN)
+
+
+def unsupported_modules(model: nn.Module) -> list[str]:
+    """``name (type)`` of every module holding weights that ``quantize_`` / ``attach_fake_quant`` cannot quantize."""
+    return [f"{n or '<model>'} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, UNSUPPORTED)]
+
+
 def _targets(model: nn.Module, qc: QuantConfig) -> list[tuple[str, nn.Module]]:
+    bad = unsupported_modules(model)
+    if bad:
+        raise NotImplementedError(f"quant: {type(model).__name__} has modules whose weights cannot be quantized here: "
+                                  f"{bad}; build attention from nn.Linear projections (quantized like any Linear) "
+                                  "or run without quant")
     kinds = tuple(k for t, k in _MODULES.items() if t in qc.targets)
     done = (QuantizedEmbedding, QuantizedLinear)   # subclasses of nn.Embedding / nn.Linear: never quantize twice
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and not isinstance(m, done)] \
@@ -243,19 +268,3 @@ def attach_fake_quant(model: nn.Module, qc: QuantConfig) -> int:
 def is_converted(model: nn.Module) -> bool:
     """True once no fake quant is left (``convert`` ran)."""
     return not any(_fake_quantized(m) for m in model.modules())
-
-
-class QuantizationCallback(L.Callback):
-    """QAT during fine-tuning: fake quant attached when fitting starts (if not already), and — unless the fit restores a
-    best checkpoint afterwards — conversion to packed integers when fitting ends."""
-
-    def __init__(self, qc: QuantConfig, convert_at_end: bool = True) -> None:
-        self.qc, self.convert_at_end = qc, convert_at_end
-        self.report: dict[str, float] = {}
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        attach_fake_quant(pl_module.model, self.qc)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.convert_at_end and not is_converted(pl_module.model):
-            self.report = quantize_(pl_module.model, self.qc)

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from recsys.compress.prune import apply_masks_, cubic_sparsity, mask_state, masked_params
+from recsys.compress.prune.api import apply_masks_, cubic_sparsity, mask_state, masked_params
 
 MaskFn = Callable[[nn.Module, float], Any]   # (model, ratio) -> masks the model in place to exactly that ratio
 

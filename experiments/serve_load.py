@@ -1,0 +1,270 @@
+"""Load test of served models: each model (dense, int8, structured-pruned, KD student) is trained by the pipeline,
+registered, served with ``mlflow models serve`` on 127.0.0.1, and driven by an asyncio HTTP client (aiohttp) at
+concurrency 1 / 8 / 32 / 64 with two request kinds: top-10 over the full catalogue, and scores of 100 given candidates.
+Per cell: requests/s, p50 / p99 ms, errors, server CPU (psutil, the server's process tree), and the in-process
+latency of the same pyfunc model beside it (the server's own overhead is the difference).
+
+    python experiments/serve_load.py                   # neumf on ml-1m, 4 models x 2 kinds x 4 concurrencies
+    python experiments/serve_load.py --quick           # tiny: ml-100k, 1 epoch, concurrency 1,4, 20 requests a cell
+
+Loopback only; the client shares the machine's cores with the server, so run it alone. Each cell is bounded by
+``--requests`` and ``--duration``. Figures go to stdout and to MLflow (experiment ``serve_load``, one child run per cell).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {  # model name -> pipeline overrides (the KD student's sizes are filled in from the model config)
+    "dense": [],
+    "int8": ["quant=ptq", "quant.bits=8"],
+    "structured": ["prune=structured", "prune.ratio=0.5"],
+    "kd": ["distill=kd"],
+}
+QUICK = ["data=ml-100k", "train.epochs=1", "train.batch_size=4096", "model.factors=8", "model.mlp_layers=[16,8]",
+         "finetune.epochs=0", "bench.requests=20", "bench.warmup=5",
+         "bench.full_catalogue_requests=5", "bench.throughput_repeats=2", "bench.throughput_batch=1024",
+         "eval.full_ranking=false"]
+
+
+def train_and_register(variant: str, base: list[str], uri: str) -> tuple[str, int, int]:
+    """Run the pipeline job of one variant; returns (models:/ URI of its registered model, n_users, n_items)."""
+    from hydra import compose, initialize_config_dir
+    from mlflow.tracking import MlflowClient
+
+    from recsys.pipeline import run
+
+    quick_kd = ["distill.epochs=1", "distill.baseline=false"] if variant == "kd" and "train.epochs=1" in base else []
+    over = [*base, *VARIANTS[variant], *quick_kd, f"tracking.uri={uri}", "tracking.experiment=serve_load_models",
+            f"tracking.run_name=serve_load {variant}", "trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=over)
+        if variant == "kd":  # a student half the teacher's size
+            half = [f"distill.student.factors={max(1, cfg.model.factors // 2)}",
+                    f"distill.student.mlp_layers=[{','.join(str(max(1, x // 2)) for x in cfg.model.mlp_layers)}]"]
+            cfg = compose("config", overrides=over + half)
+    run(cfg)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("serve_load_models")
+    r = client.search_runs([exp.experiment_id], f"attributes.run_name = 'serve_load {variant}'",
+                           order_by=["attributes.start_time DESC"], max_results=1)[0]
+    return r.data.tags["registered_model"], int(r.data.metrics["data/n_users"]), int(r.data.metrics["data/n_items"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_uri: str, uri: str, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``mlflow models serve`` in this environment (this checkout importable); waits for ``/ping``."""
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri,
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"mlflow models serve {model_uri} did not start:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server and its children (uvicorn workers)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def requests_of(kind: str, n_users: int, n_items: int, n: int, item_ids: np.ndarray, user_ids: np.ndarray,
+                seed: int = 0) -> list[dict]:
+    """One record per request: ``full`` = top-10 over the catalogue; ``candidates`` = scores of 100 given items."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        rec = {"user_id": user_ids[rng.integers(n_users)].item(), "k": 10}
+        if kind == "candidates":
+            rec.update(k=100, item_ids=item_ids[rng.choice(n_items, min(100, n_items), replace=False)].tolist())
+        out.append(rec)
+    return out
+
+
+async def drive(url: str, records: list[dict], concurrency: int, n_requests: int, duration: float
+                ) -> tuple[list[float], int, float]:
+    """``concurrency`` clients post one record each, until ``n_requests`` are sent or ``duration`` s have passed;
+    returns (latencies in ms of the answered requests, errors, wall seconds)."""
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + duration
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal sent, errors
+        while sent < n_requests and time.perf_counter() < deadline:
+            rec = records[sent % len(records)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url + "/invocations", json={"dataframe_records": [rec]}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        continue
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+                continue
+            lat.append((time.perf_counter() - t0) * 1e3)
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return lat, errors, time.perf_counter() - t0
+
+
+def in_process_p50_ms(model: Any, records: list[dict], n: int) -> float:
+    """p50 of the same pyfunc model's ``predict`` on one record, in this process (no HTTP, no JSON)."""
+    for rec in records[:5]:
+        model.predict([rec])
+    times = []
+    for rec in records[:n]:
+        t0 = time.perf_counter()
+        model.predict([rec])
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.percentile(times, 50))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train + register each model, serve it, load it, print and log the table."""
+    import mlflow
+
+    from recsys.tracking import init_store, normalise_uri
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (ml-100k, 1 epoch, concurrency 1,4, 20 requests)")
+    ap.add_argument("--models", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    ap.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64; --quick: 1,4)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per cell (default 2000; --quick: 20)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per cell at most")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
+    ap.add_argument("--overrides", nargs="*", default=[], help="pipeline overrides shared by all models (last wins)")
+    ap.add_argument("--uri", default=f"sqlite:///{ROOT}/mlruns/mlflow.db")
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    bad = [m for m in models if m not in VARIANTS]
+    if bad:
+        ap.error(f"--models {bad}: must be among {list(VARIANTS)}")
+    levels = [int(c) for c in (args.concurrency or ("1,4" if args.quick else "1,8,32,64")).split(",")]
+    n_req = args.requests or (20 if args.quick else 2000)
+    base = list({o.split("=", 1)[0]: o for o in [*(QUICK if args.quick else ["data=ml-1m"]), *args.overrides]}.values())
+    uri = normalise_uri(args.uri)
+    logdir = Path(ROOT / "outputs" / "serve_load")
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for variant in models:
+        model_uri, _, _ = train_and_register(variant, base, uri)
+        mlflow.set_tracking_uri(uri)
+        info = mlflow.models.get_model_info(model_uri)
+        served = mlflow.pyfunc.load_model(model_uri)   # the same model in this process: its id maps, its latency
+        sdata = served.unwrap_python_model().rec.data
+        proc, url = start_server(model_uri, uri, args.workers, logdir / f"server-{variant}.log")
+        try:
+            for kind in ("full", "candidates"):
+                recs = requests_of(kind, len(sdata.user_ids), sdata.n_items, max(n_req, 50), sdata.item_ids,
+                                   sdata.user_ids)
+                inproc = in_process_p50_ms(served, recs, min(50, len(recs)))
+                for c in levels:
+                    cpu0 = server_cpu_seconds(proc.pid)
+                    lat, errors, wall = asyncio.run(drive(url, recs, c, n_req, args.duration))
+                    cpu = (server_cpu_seconds(proc.pid) - cpu0) / max(wall, 1e-9) * 100
+                    rows.append({"model": variant, "kind": kind, "concurrency": c, "requests": len(lat) + errors,
+                                 "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)) if lat else
+                                 float("nan"), "p99_ms": float(np.percentile(lat, 99)) if lat else float("nan"),
+                                 "errors": errors, "server_cpu_percent": cpu, "inprocess_p50_ms": inproc,
+                                 "model_uri": model_uri, "runtime": info.metadata.get("runtime", "?")
+                                 if info.metadata else "?"})
+                    r = rows[-1]
+                    print(f"{variant:>10} {kind:>10} c={c:<3} {r['requests_per_s']:9.1f} req/s  p50 {r['p50_ms']:7.2f} "
+                          f"ms  p99 {r['p99_ms']:7.2f} ms  errors {errors}  server CPU {cpu:5.0f}%  "
+                          f"in-process p50 {inproc:.2f} ms", flush=True)
+        finally:
+            stop_server(proc)
+
+    header = "| model | request | concurrency | req/s | p50 ms | p99 ms | errors | server CPU % | in-process p50 ms | runtime |"
+    lines = [header, "|---" * 10 + "|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.2f} "
+                     f"| {r['p99_ms']:.2f} | {r['errors']} | {r['server_cpu_percent']:.0f} | {r['inprocess_p50_ms']:.2f}"
+                     f" | {r['runtime']} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    exp_id = init_store(uri, "serve_load")
+    with mlflow.start_run(experiment_id=exp_id, run_name="serve_load" + (" quick" if args.quick else "")) as parent:
+        mlflow.log_params({"quick": args.quick, "models": ",".join(models), "concurrency": ",".join(map(str, levels)),
+                           "requests_per_cell": n_req, "duration_s": args.duration, "workers": args.workers,
+                           "overrides": " ".join(base)[:6000], "host_cpus": os.cpu_count()})
+        mlflow.log_text(table + "\n", "serve_load.md")
+        for r in rows:
+            with mlflow.start_run(experiment_id=exp_id, nested=True,
+                                  run_name=f"{r['model']} {r['kind']} c={r['concurrency']}"):
+                mlflow.log_params({k: r[k] for k in ("model", "kind", "concurrency", "model_uri", "runtime")})
+                mlflow.log_metrics({k: float(r[k]) for k in ("requests_per_s", "p50_ms", "p99_ms", "errors",
+                                                             "server_cpu_percent", "inprocess_p50_ms", "requests")
+                                    if np.isfinite(float(r[k]))})
+        print(f"MLflow run {parent.info.run_id} (experiment serve_load)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""LightningDataModule of the session family: session-parallel training batches and the validation sessions."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from recsys.data.sessions import SessionData, SessionParallelBatches
+
+
+class _Once(IterableDataset):
+    """A dataset of one element (the validation sessions, ranked in one validation step)."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def __iter__(self):
+        yield self.item
+
+
+class SessionDataModule(L.LightningDataModule):
+    """Session-parallel training batches and the validation sessions."""
+
+    def __init__(self, data: SessionData, batch_size: int, n_sample: int, sample_alpha: float, seed: int,
+                 data_fraction: float = 1.0) -> None:
+        super().__init__()
+        self.data = data
+        self.train_data = SessionParallelBatches(data.train, batch_size, data.n_items, n_sample, sample_alpha, seed,
+                                                 data_fraction, data.item_counts())
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_data, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Once(self.data.val), batch_size=None, collate_fn=lambda x: x)
