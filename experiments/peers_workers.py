@@ -231,8 +231,8 @@ def project(spec: dict[str, Any]) -> dict[str, Any]:
 
     import recsys
     from recsys.models import build_model
-    from recsys.pipeline import train_model
     from recsys.tasks.base import get_family
+    from recsys.tasks.fit import StageTrainer
 
     class TrainOnlyTimer(L.Callback):
         """Seconds of each training epoch minus the validation run inside it."""
@@ -261,7 +261,7 @@ def project(spec: dict[str, Any]) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
     timer = TrainOnlyTimer()
-    train_model(model, data, cfg, "dense", logger=False, callbacks=[timer])
+    StageTrainer(family, data, cfg, logger=False).train(model, "dense", callbacks=[timer])
     quality = {k: float(v) for k, v in family.evaluate(model, data, cfg).items()   # test-set quality only
                if not k.startswith(("val_", "eval_", "full_")) and "seconds" not in k and "per_s" not in k}
     import lightning
