@@ -95,7 +95,7 @@ def experiment_url(ui: str, experiment_id: str) -> str:
 def short_number(v: Any, digits: int = 3) -> str:
     """A sampled hyper-parameter for people: floats to ``digits`` significant digits (``2.9375e-05`` -> ``2.94e-05``,
     ``0.0071144760093434225`` -> ``0.00711``); integers, booleans and words unchanged. Run names, report tables and
-    plot labels all print values through this."""
+    plot labels all print values through this. A value that rounding would not change is printed as given (``0.0``)."""
     s = str(v)
     if isinstance(v, bool) or s.strip().lstrip("+-").isdigit():
         return s
@@ -103,7 +103,8 @@ def short_number(v: Any, digits: int = 3) -> str:
         f = float(s)
     except ValueError:
         return s
-    return f"{f:.{digits}g}"
+    short = f"{f:.{digits}g}"
+    return s if float(short) == f else short
 
 
 def readable_run_name(base: str, overrides: list[str]) -> str:

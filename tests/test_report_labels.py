@@ -48,6 +48,7 @@ def wide_sweep(n: int = 10) -> pd.DataFrame:
 def test_short_number_is_the_one_rounding():
     assert short_number("0.0071144760093434225") == "0.00711"
     assert short_number(2.9375384576328295e-05) == "2.94e-05"
+    assert short_number("0.0") == "0.0" and short_number("0.5") == "0.5"     # nothing to round: as given
     assert short_number("64") == "64" and short_number("adam") == "adam" and short_number(True) == "True"
     name = readable_run_name("neumf-ml-100k", ["finetune.lr=0.0071144760093434225", "model.factors=64"])
     assert name == "neumf-ml-100k finetune.lr=0.00711 model.factors=64"
