@@ -8,3 +8,7 @@ class ConfigError(ValueError):
 
     Raised early (before training starts) with a message that says what is wrong and how to fix it.
     """
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or a loss far above its start: the run fails and nothing is cached."""
