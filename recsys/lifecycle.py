@@ -100,12 +100,18 @@ def is_dead(host: str | None, pid: str | None, start: str | None) -> bool:
     return bool(start) and start != "unknown" and now != "unknown" and now != start
 
 
+_WATCHER: threading.Thread | None = None
+
+
 def watch_parent(poll_s: float = 0.5) -> threading.Thread | None:
     """In a sweep worker (a child of the launching ``run.py``), send ourselves SIGTERM when that launcher dies, so a
     killed sweep does not leave workers finishing and logging trials. No-op in the launching process itself."""
+    global _WATCHER
     parent = os.environ.get(PARENT_ENV)
     if not parent or not parent.isdigit() or int(parent) == os.getpid() or os.getppid() != int(parent):
         return None
+    if _WATCHER is not None and _WATCHER.is_alive():   # a reused worker (joblib/loky) runs many jobs: one watcher
+        return _WATCHER
     stop = threading.Event()
 
     def loop() -> None:
@@ -114,9 +120,9 @@ def watch_parent(poll_s: float = 0.5) -> threading.Thread | None:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
-    t = threading.Thread(target=loop, name="recsys-parent-watch", daemon=True)
-    t.start()
-    return t
+    _WATCHER = threading.Thread(target=loop, name="recsys-parent-watch", daemon=True)
+    _WATCHER.start()
+    return _WATCHER
 
 
 CKPT_RE = re.compile(r"^ckpt-.+-p(\d+)-")
