@@ -34,6 +34,9 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         raise SystemExit(1) from None
     except lifecycle.JobInterrupted as e:
         print(f"\n{e}: the MLflow run is marked KILLED; exit status {e.exit_code}", file=sys.stderr)
+        if lifecycle.orphaned():   # a sweep worker whose launcher died: nobody to return to, the pool would linger
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         raise SystemExit(e.exit_code) from None
 
 

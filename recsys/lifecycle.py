@@ -103,9 +103,16 @@ def is_dead(host: str | None, pid: str | None, start: str | None) -> bool:
 _WATCHER: threading.Thread | None = None
 
 
-def watch_parent(poll_s: float = 0.5) -> threading.Thread | None:
+def orphaned() -> bool:
+    """True in a sweep worker whose launcher (``PARENT_ENV``) has died."""
+    parent = os.environ.get(PARENT_ENV)
+    return bool(parent) and parent.isdigit() and int(parent) != os.getpid() and os.getppid() != int(parent)
+
+
+def watch_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> threading.Thread | None:
     """In a sweep worker (a child of the launching ``run.py``), send ourselves SIGTERM when that launcher dies, so a
-    killed sweep does not leave workers finishing and logging trials. No-op in the launching process itself."""
+    killed sweep does not leave workers finishing and logging trials (the run ends KILLED); if the process still lives
+    ``grace_s`` later (a pool's worker loop outliving its job), it exits hard. No-op in the launching process."""
     global _WATCHER
     parent = os.environ.get(PARENT_ENV)
     if not parent or not parent.isdigit() or int(parent) == os.getpid() or os.getppid() != int(parent):
@@ -118,7 +125,8 @@ def watch_parent(poll_s: float = 0.5) -> threading.Thread | None:
         while not stop.wait(poll_s):
             if os.getppid() != int(parent):     # re-parented: the launcher is gone
                 os.kill(os.getpid(), signal.SIGTERM)
-                return
+                stop.wait(grace_s)
+                os._exit(128 + signal.SIGTERM)
 
     _WATCHER = threading.Thread(target=loop, name="recsys-parent-watch", daemon=True)
     _WATCHER.start()

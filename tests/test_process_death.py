@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys import lifecycle
+from recsys import lifecycle, tracking
+from recsys.sweep import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.batch_size=8192", "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=30", "bench.warmup=5",
@@ -112,8 +113,6 @@ def test_liveness_survives_pid_reuse(tmp_path):
 
 def test_reaper_marks_only_dead_runs_of_this_host(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    from recsys import tracking
-
     exp = tracking.init_store(uri, "e")
     client = MlflowClient(uri)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -166,6 +165,12 @@ def test_killed_sweep_stops_its_workers(tmp_path, shared_data_dir):
     alive = [w for w in workers if _alive(w)]
     assert not alive, f"workers still alive after their launcher died: {alive}"
     runs = store_runs(tmp_path)
-    assert runs and not [r for r in runs if r.info.status in ("FINISHED", "RUNNING")], \
+    trials = [r for r in runs if r.data.tags.get(KIND_TAG) != "study"]
+    assert trials and not [r for r in trials if r.info.status in ("FINISHED", "RUNNING")], \
         [(r.info.run_name, r.info.status) for r in runs]
-    assert {r.data.tags.get("killed_by_signal") for r in runs} == {"SIGTERM"}
+    assert {r.data.tags.get("killed_by_signal") for r in trials} == {"SIGTERM"}
+    # the study's parent run belonged to the dead launcher: the next job on the store marks it FAILED
+    (study,) = [r for r in runs if r.data.tags.get(KIND_TAG) == "study"]
+    assert study.data.tags["process.pid"] == str(proc.pid)
+    tracking.reap_dead_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert {r.info.status for r in store_runs(tmp_path)} <= {"KILLED", "FAILED"}

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from recsys.compress.base import active_groups, configured
 from recsys.pipeline import validate
+from recsys.sweep import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "train.batch_size=8192", "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=30",
@@ -69,8 +70,12 @@ def test_hparams_search_prune_lr_runs_as_typed(tmp_path, shared_data_dir):
                     "hydra.sweeper.n_trials=2", "finetune.epochs=1")
     assert p.returncode == 0, p.stderr[-3000:]
     runs = finished_runs(tmp_path)
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    for r in runs:
+    assert all(r.info.status == "FINISHED" for r in runs)
+    study = [r for r in runs if r.data.tags.get(KIND_TAG) == "study"]
+    trials = [r for r in runs if r.data.tags.get(KIND_TAG) != "study"]
+    assert len(study) == 1 and len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {study[0].info.run_id}
+    for r in trials:
         assert 0.1 <= float(r.data.params["prune.ratio"]) <= 0.95
         assert "finetuned/hr_at_10" in r.data.metrics and "final/artifact_bytes" in r.data.metrics
     assert (tmp_path / "mlruns" / "optuna.db").exists()
