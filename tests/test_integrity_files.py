@@ -121,7 +121,7 @@ def test_truncated_dense_cache_entry_is_named_removed_and_rebuilt(tmp_path, shar
     """``truncate -s`` on a cache entry (what a killed write leaves), then the same job: a warning names the file,
     the job trains again and succeeds, and the entry is whole again; then the same with a pickle payload there. The data name holds ``../`` runs: the entry must
     stay under <cache_dir>/dense (item 7)."""
-    cfg = make_cfg(tmp_path, shared_data_dir, "data.name=../../../../escaped")
+    cfg = make_cfg(tmp_path, shared_data_dir, "data.name=../../../../escaped", "train.num_negatives=1")
     family = get_family(cfg.model.task)
     data = family.load_data(cfg)
     _, info = dense_model(cfg, data, False, family)
