@@ -43,6 +43,7 @@ from optuna.trial import TrialState
 from recsys.errors import ConfigError
 from recsys.fileio import atomic_path, write_csv, write_text
 from recsys.provenance import with_provenance
+from recsys.tracking import short_number
 
 log = logging.getLogger(__name__)
 STUDY_TAG = "optuna_study"
@@ -243,11 +244,12 @@ class StudyTracker:
             write_csv(out_dir / "pareto_front.csv", table, index=False)
             md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
                   "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-            md += ["| " + " | ".join(fmt_value(v) if isinstance(v, float) else str(v) for v in row) + " |"
+            md += ["| " + " | ".join((short_number(v) if c.startswith("params.") else fmt_value(v))
+                                     if isinstance(v, float) else str(v) for c, v in zip(table.columns, row)) + " |"
                    for row in table.itertuples(index=False)]
             write_text(out_dir / "pareto_front.md", with_provenance("\n".join(md)))
             fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
-                              title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
+                              params=[t.params for t in done], title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
             with atomic_path(out_dir / "pareto_front.png") as tmp:
                 fig.savefig(tmp, dpi=110)
             plt.close(fig)
@@ -458,7 +460,7 @@ class TradeoffSweeper:
                  directions: Sequence[str], seconds: float) -> None:
         """One line per finished trial: k/n complete, its values, the best so far (the Pareto front when several)."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        params = ", ".join(f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        params = ", ".join(f"{k}={short_number(v)}" for k, v in trial.params.items())
         got = ", ".join(f"{n}={fmt_value(v)}" for n, v in zip(names, values)) if values else "FAILED"
         best = ""
         if done:
