@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from recsys import tracking  # noqa: E402
 from recsys.pipeline import run  # noqa: E402
+from recsys.provenance import with_provenance  # noqa: E402
 
 METRICS = ["hr_at_10", "ndcg_at_10", "params_total", "artifact_bytes", "latency_full_p50_ms", "latency_p50_ms"]
 BENCH = ["bench.requests=500", "bench.warmup=50", "bench.full_catalogue_requests=30", "bench.throughput_repeats=5",
@@ -144,7 +145,7 @@ def main() -> None:
     with tracking.start_run(uri, args.experiment, f"distill_table summary {args.data}",
                             tags={"dataset": args.data, "summary": "true"}) as tr:
         tr.log_params({"torch_threads": args.threads, "seeds": ",".join(map(str, args.seeds)), "data": args.data})
-        tr.log_text(md + "\n", "distill_table.md")
+        tr.log_text(with_provenance(md), "distill_table.md")
         tr.log_text(agg.to_csv(), "distill_table.csv")
 
 

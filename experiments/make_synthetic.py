@@ -16,7 +16,7 @@ generates recommender logs with these marginals. Same seed, same file.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -108,13 +108,13 @@ def write_tsv(cols: dict[str, np.ndarray], out: Path) -> int:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # header by hand: pyarrow quotes column names
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's recsys, also when run as a script
+    from recsys.fileio import atomic_path
+
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # header by hand: pyarrow quotes column names
         f.write(("\t".join(cols) + "\n").encode())
         pacsv.write_csv(pa.table(cols), f, write_options=pacsv.WriteOptions(
             include_header=False, delimiter="\t", quoting_style="none", batch_size=1 << 16))
-    os.replace(tmp, out)
     return out.stat().st_size
 
 

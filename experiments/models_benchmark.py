@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys.pipeline import run  # noqa: E402
+from recsys.provenance import with_provenance  # noqa: E402
 
 COLS = [("auc", "AUC"), ("logloss", "logloss"), ("hr_at_10", "HR@10"), ("ndcg_at_10", "NDCG@10"),
         ("recall_at_20", "recall@20"), ("mrr_at_20", "MRR@20"), ("seconds_per_epoch", "s/epoch"),
@@ -103,7 +104,7 @@ def main() -> None:
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("models-benchmark")
     summary = client.create_run(exp.experiment_id, run_name="summary", tags={"train_threads": str(args.threads)})
-    client.log_text(summary.info.run_id, table + "\n", "models_benchmark.md")
+    client.log_text(summary.info.run_id, with_provenance(table), "models_benchmark.md")
     client.set_terminated(summary.info.run_id)
 
 

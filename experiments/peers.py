@@ -416,11 +416,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     note = (f"\n\n{args.threads} torch thread(s) per side (reported {sorted(threads_seen)}), {meta['cpu']}; "
             f"training time only; busy check: {meta['busy_check']}" + ("; --quick smoke run: no speed claims" if
                                                                        args.quick else ""))
+    sys.path.insert(0, str(ROOT))
+    from recsys.provenance import provenance_md
+    from recsys.report.load import resolve_uri
+
+    note += "\n\n" + provenance_md()  # the commit, CPU, versions and threads this table was made with
     out = Path(args.out)
     _atomic(out, "", table + note + "\n")
     print("\n" + table + note)
-    sys.path.insert(0, str(ROOT))
-    from recsys.report.load import resolve_uri
 
     run_id = log_mlflow(resolve_uri(args.tracking_uri), table + note, rows, meta)
     print(f"[peers] table: {out}; worker logs: {log_path}; MLflow run {run_id} (experiment peers)")

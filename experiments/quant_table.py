@@ -15,6 +15,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from recsys.fileio import write_csv, write_text  # noqa: E402
+from recsys.provenance import with_provenance  # noqa: E402
 
 ROWS: dict[str, list[str]] = {
     "fp32": ["quant=ptq", "quant.bits=32"],
@@ -110,8 +112,8 @@ def log_report(uri: str, experiment: str, md: str, df: pd.DataFrame) -> str:
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="quant_table report", tags={"recsys.kind": "report"}) as r:
         d = Path(tempfile.mkdtemp())
-        (d / "quant_table.md").write_text(md + "\n")
-        df.to_csv(d / "quant_table.csv")
+        write_text(d / "quant_table.md", with_provenance(md))
+        write_csv(d / "quant_table.csv", df)
         mlflow.log_artifact(str(d / "quant_table.md"))
         mlflow.log_artifact(str(d / "quant_table.csv"))
         for row, r_ in df.iterrows():

@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from recsys.provenance import with_provenance  # noqa: E402
 
 VARIANTS = {  # model name -> pipeline overrides (the KD student's sizes are filled in from the model config)
     "dense": [],
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params({"quick": args.quick, "models": ",".join(models), "concurrency": ",".join(map(str, levels)),
                            "requests_per_cell": n_req, "duration_s": args.duration, "workers": args.workers,
                            "overrides": " ".join(base)[:6000], "host_cpus": os.cpu_count()})
-        mlflow.log_text(table + "\n", "serve_load.md")
+        mlflow.log_text(with_provenance(table), "serve_load.md")
         for r in rows:
             with mlflow.start_run(experiment_id=exp_id, nested=True,
                                   run_name=f"{r['model']} {r['kind']} c={r['concurrency']}"):

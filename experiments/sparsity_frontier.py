@@ -20,6 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from recsys.fileio import write_csv, write_text  # noqa: E402
+from recsys.provenance import with_provenance  # noqa: E402
+
 RATIOS = "0.2,0.4,0.6,0.8,0.9,0.95"
 PAPER = ["data=ml-1m-loo", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]"]
 
@@ -95,8 +98,8 @@ def log(table, best, md: str, sweep: str, uri: str, experiment: str) -> str:
                                     ("ratio", "loss_pt", "bytes", "compression", "p50_ms", "speedup_p50",
                                      "full_p50_ms", "speedup_full")})
         with tempfile.TemporaryDirectory() as d:
-            table.to_csv(Path(d) / "sparsity_frontier.csv", index=False)
-            (Path(d) / "sparsity_frontier.md").write_text(md + "\n")
+            write_csv(Path(d) / "sparsity_frontier.csv", table, index=False)
+            write_text(Path(d) / "sparsity_frontier.md", with_provenance(md))
             mlflow.log_artifacts(d, "report")
         return run.info.run_id
 

@@ -10,6 +10,11 @@ class ConfigError(ValueError):
     """
 
 
+class UnreadableFileError(ValueError):
+    """A saved file (artifact, cache entry, checkpoint) that cannot be read safely: damaged, truncated, or holding
+    anything but tensors and plain values (a pickled object is refused, never run). The message names the file."""
+
+
 class DataError(ConfigError):
     """A data file that cannot be read as configured: names the file, the line (or column), what was found and what
     was expected, so the user can fix the file or the ``data.*`` keys before anything is trained or logged."""

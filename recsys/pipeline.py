@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys import checks, lifecycle, tracking
 from recsys.compress.base import CompressContext, Technique, configured
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, UnreadableFileError
 from recsys.export.artifact import artifact_meta, check_same_scores, load_artifact, save_artifact
 from recsys.export.formats import artifact_format
+from recsys.fileio import safe_name, write_text
 from recsys.measure.size import count_params
 from recsys.models import build_model
+from recsys.provenance import with_provenance
 from recsys.tasks.base import TaskFamily, get_family
 from recsys.tasks.fit import StageTrainer
 
@@ -41,6 +44,19 @@ def output_dir() -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # noqa: BLE001 - HydraConfig raises ValueError when not initialised
         return Path(tempfile.mkdtemp(prefix="recsys-job-"))
+
+
+def job_dir(run_id: str) -> Path:
+    """This job's own folder for the files it ships: ``<Hydra output dir>/run-<MLflow run id>``. Hydra's dir is named
+    by the second, so two jobs started together share it; the run id is unique, so what a run logs is what it wrote."""
+    d = output_dir() / f"run-{safe_name(run_id)}"
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def dense_cache_path(cfg: DictConfig, key: str) -> Path:
+    """Where the dense model of this config is cached: under ``<cache_dir>/dense/``, whatever the names hold."""
+    return Path(cfg.paths.cache_dir) / "dense" / f"{safe_name(cfg.model.name)}-{safe_name(cfg.data.name)}-{key}.pt"
 
 
 def hydra_tags() -> dict[str, Any]:
@@ -85,14 +101,23 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | No
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
                  if v is not None and k not in ("use_cache", "divergence_factor")}
     key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed)
-    path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
+    path = dense_cache_path(cfg, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):
         if path.exists() and cfg.train.get("use_cache", True):
-            info = dict(artifact_meta(path)["train_info"])
-            info["cache_hit"] = 1.0
-            print(f"[dense] loaded from cache: {path}")
-            return load_artifact(path), info
+            try:
+                info = dict(artifact_meta(path, "dense cache entry")["train_info"])
+                model = load_artifact(path, "dense cache entry")
+            except (UnreadableFileError, KeyError, RuntimeError, ValueError) as e:
+                # a damaged entry (a killed write from before writes were atomic, a full disk, a tampered file) must
+                # not poison every later run: say which file, remove it, train again
+                warnings.warn(f"[dense] unreadable cache entry {path} removed and rebuilt: {e}", stacklevel=2)
+                print(f"[dense] WARNING: unreadable cache entry {path} removed and rebuilt: {e}")
+                path.unlink(missing_ok=True)
+            else:
+                info["cache_hit"] = 1.0
+                print(f"[dense] loaded from cache: {path}")
+                return model, info
         L.seed_everything(cfg.seed, workers=True)
         model = build_model(family.model_spec(model_cfg, data))
         info, train_kw = family.pretrain(model, cfg, data, lambda sub: dense_model(sub, data, False, family))
@@ -207,10 +232,11 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     lifecycle.remove_dead_ckpts(cfg.paths.cache_dir)   # checkpoint folders of jobs killed -9
     data = family.load_data(cfg)
     data_tags, data_metrics = family.data_summary(data)
-    out_dir = output_dir()
     tags = {**data_tags, "model": cfg.model.name, "task": family.name, **hydra_tags()}
     with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg),
                             artifact_location=cfg.tracking.get("artifact_location"), tags=tags) as tr:
+        out_dir = job_dir(tr.run_id)
+        tr.set_tags({"job_dir": str(out_dir.resolve())})
         tr.log_params(plain)
         tr.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         tr.log_metrics(data_metrics)
@@ -250,7 +276,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
             log_job_models(cfg, family, data, out_dir, dense_path, shipped_path, final, fmt,
                            result.ctx.params if result.ctx is not None else None)
         table = results_table(rows, int(cfg.eval.topk[0]))
-        tr.log_text(table + "\n", "results.md")
+        tr.log_artifact(write_text(out_dir / "results.md", with_provenance(table)))
         print("\n" + table + "\n")
         print(f"latency: {int(cfg.bench.threads)} thread(s), eager PyTorch, reloaded artifact; MLflow run {tr.run_id}")
         print(f"MLflow UI:  {tracking.ui_hint(cfg.tracking.uri)}")

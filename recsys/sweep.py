@@ -41,6 +41,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from recsys.errors import ConfigError
+from recsys.fileio import atomic_path, write_csv, write_text
+from recsys.provenance import with_provenance
 from recsys.tracking import short_number
 
 log = logging.getLogger(__name__)
@@ -243,16 +245,17 @@ class StudyTracker:
             front = study.best_trials
             table = trial_values_table(study, names, front)
             out_dir.mkdir(parents=True, exist_ok=True)
-            table.to_csv(out_dir / "pareto_front.csv", index=False)
+            write_csv(out_dir / "pareto_front.csv", table, index=False)
             md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
                   "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
             md += ["| " + " | ".join((short_number(v) if c.startswith("params.") else fmt_value(v))
                                      if isinstance(v, float) else str(v) for c, v in zip(table.columns, row)) + " |"
                    for row in table.itertuples(index=False)]
-            (out_dir / "pareto_front.md").write_text("\n".join(md) + "\n")
+            write_text(out_dir / "pareto_front.md", with_provenance("\n".join(md)))
             fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
                               params=[t.params for t in done], title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
-            fig.savefig(out_dir / "pareto_front.png", dpi=110)
+            with atomic_path(out_dir / "pareto_front.png") as tmp:
+                fig.savefig(tmp, dpi=110)
             plt.close(fig)
             self.client.log_metric(self.parent_id, "study/n_pareto", len(front))
             self.client.log_artifacts(self.parent_id, str(out_dir), "pareto")

@@ -8,7 +8,6 @@ owns the artifact store: the experiment gets the server's default location and a
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,14 +131,12 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """``<sha>`` or ``<sha>-dirty`` of the running code (``recsys.provenance``)."""
+    from recsys.provenance import commit_label
+    from recsys.provenance import git_commit as _commit
+
+    sha, dirty = _commit()
+    return commit_label({"commit": sha, "dirty": dirty})
 
 
 class Tracker:
@@ -208,7 +205,9 @@ def start_run(uri: str, experiment: str, run_name: str, artifact_location: str |
     exp_id = init_store(uri, experiment, artifact_location)
     mlflow.set_tracking_uri(uri)
     reap_dead_runs(uri)
-    base_tags = {"git_commit": git_commit(), "host_threads": os.cpu_count(), **lifecycle.identity()}
+    from recsys.provenance import provenance_tags
+
+    base_tags = {**provenance_tags(), "host_threads": os.cpu_count(), **lifecycle.identity()}
     if len(run_name) > MAX_RUN_NAME_LEN:  # the whole name stays readable in a tag (tags hold up to 8000 characters)
         base_tags["full_run_name"] = run_name
         run_name = run_name[:MAX_RUN_NAME_LEN - 3] + "..."

@@ -146,7 +146,7 @@ def test_distillation_trains_student_leaves_teacher_untouched_and_unshipped(tmp_
     assert "nokd_hr_at_10" in ctx.metrics and 0.0 <= ctx.metrics["nokd_hr_at_10"] <= 1.0
     path = tmp_path / "student.pt"
     save_artifact(out, path, fmt=artifact_format(out))
-    blob = torch.load(path, weights_only=False)
+    blob = torch.load(path, weights_only=True)
     n_saved = sum(t.numel() for t in blob["payload"].values())
     assert n_saved == ctx.metrics["student_params"] < ctx.metrics["teacher_params"]
     assert not any(p is q for p in out.parameters() for q in teacher.parameters())

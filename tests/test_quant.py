@@ -121,7 +121,7 @@ def test_artifact_bytes_equal_formula_and_reload_is_identical(tmp_path, bits, sc
     stats = quantize_(model, qc)
     assert stats["quant_modules"] == 6   # 4 embedding tables + 1 tower Linear + predict
     nbytes = save_artifact(model, tmp_path / "q.pt", fmt="quantized")
-    blob = torch.load(tmp_path / "q.pt", weights_only=False)
+    blob = torch.load(tmp_path / "q.pt", weights_only=True)
     tables = blob["payload"]["tables"]
     for rec in tables.values():
         assert stored_nbytes(rec) - (rec["bias"].numel() * 4 if rec.get("bias") is not None else 0) \

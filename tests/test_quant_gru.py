@@ -115,7 +115,7 @@ def test_gru4rec_artifact_bytes_equal_formula_and_reload_is_identical(tmp_path, 
     assert stats["quant_gru_bytes_fp32"] == 4 * sum(r * c for r, c in shapes)
     assert stats["quant_gru_ratio"] == stats["quant_gru_bytes_fp32"] / stats["quant_gru_bytes"]
     save_artifact(model, tmp_path / "q.pt", fmt="quantized")
-    rec = torch.load(tmp_path / "q.pt", weights_only=False)["payload"]["tables"]["gru"]
+    rec = torch.load(tmp_path / "q.pt", weights_only=True)["payload"]["tables"]["gru"]
     assert rec["kind"] == "gru" and sorted(rec["weights"]) == sorted(MATRICES)
     biases = sum(b.numel() * 4 for b in rec["biases"].values())
     assert biases == 4 * 4 * 72 and stored_nbytes(rec) - biases == expected_table_nbytes(rec) == stats["quant_gru_bytes"]

@@ -31,6 +31,8 @@ def test_tables_match_logged_numbers_exactly(store, tmp_path):
     assert set(runs["run_id"]) == set(logged)  # the FAILED run and the study parent are not rows
     rep = report.build(runs, plots=False)
     files = report.write_report(rep, tmp_path / "out")
+    for name in ("seed_table.md", "compression_matrix.md", "report.md"):  # each table says where it came from
+        assert "Made with: commit" in files[name].read_text() and "MKL" in files[name].read_text(), name
     for name in ("compression_matrix", "seed_table"):
         table = pd.read_csv(files[f"{name}.csv"])
         assert len(table) > 0

@@ -33,10 +33,16 @@ import pandas as pd
 from filelock import FileLock
 
 from recsys.data.config import DataConfig, parse_data_cfg
-from recsys.data.readers import (count_test_item_in_negatives, movielens_ratings_path, read_csv_interactions,
-                                 read_movielens, read_ncf)
+from recsys.data.readers import (
+    count_test_item_in_negatives,
+    movielens_ratings_path,
+    read_csv_interactions,
+    read_movielens,
+    read_ncf,
+)
 from recsys.data.sampling import csr_from_pairs, sample_eval_negatives
 from recsys.data.sources import default_cache_dir, find_file, resolve_files, sha256_files
+from recsys.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +120,10 @@ class ImplicitSplit:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the split to an ``.npz`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         arrays = {k: getattr(self, k) for k in _ARRAYS}
-        np.savez(tmp, n_users=self.n_users, n_items=self.n_items, name=self.name, checksum=self.checksum,
-                 split_rule=self.split_rule, skipped_lines=self.skipped_lines, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, n_users=self.n_users, n_items=self.n_items, name=self.name, checksum=self.checksum,
+                     split_rule=self.split_rule, skipped_lines=self.skipped_lines, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImplicitSplit":

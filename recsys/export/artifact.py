@@ -3,10 +3,18 @@
 Every artifact is a ``torch.save`` of a plain dict ``{"format", "spec", "payload", "meta"}`` where ``spec`` rebuilds the
 model (``recsys.models.build_model``) and ``payload`` holds the weights in the format's own encoding. Formats register a
 ``(save, load)`` pair here; a new encoding (sparse, packed integers, ...) is one ``register_format`` call.
+
+Only tensors and plain values (dict, list, tuple, str, int, float, bool, None) go in, and files are read back with
+``weights_only=True``: torch's restricted unpickler, which refuses every other global, so a tampered file is an
+:class:`~recsys.errors.UnreadableFileError` naming it and no code in it runs. (torch.save rather than safetensors keeps
+the shipped bytes - the size metric - what they were; safetensors holds flat tensors only, and the nested payloads of
+the sparse / quantized / low-rank encodings would need a second, hand-made container around it.) Files are written to a
+temp file and renamed (``recsys.fileio``), so a killed job never leaves a truncated artifact.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recsys.errors import UnreadableFileError
+from recsys.fileio import atomic_path
 from recsys.models import build_model
 
 Encoder = Callable[[nn.Module], Any]
@@ -80,13 +90,41 @@ def save_artifact(model: nn.Module, path: str | Path, fmt: str = "dense", meta: 
     encode, _ = _FORMATS[fmt]
     blob = {"format": fmt, "spec": spec if spec is not None else model.config(), "payload": encode(model),
             "meta": meta or {}}
-    torch.save(blob, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
     return os.path.getsize(path)
 
 
-def load_artifact(path: str | Path) -> nn.Module:
+def load_file(path: str | Path, what: str = "artifact") -> Any:
+    """``torch.load`` with ``weights_only=True`` (nothing is unpickled beyond tensors and plain values); a damaged
+    file or one holding anything else is an :class:`UnreadableFileError` that names ``path``."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableFileError(f"{what} {path} holds more than tensors and plain values and was NOT loaded "
+                                  f"(loads never unpickle objects; a file written by this harness never holds "
+                                  f"them, so this one was written by something else or tampered with): {first}") from e
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableFileError(f"{what} {path} cannot be read (damaged or truncated, "
+                                  f"{path.stat().st_size if path.exists() else 0} bytes): {first}") from e
+
+
+def _blob(path: str | Path, what: str = "artifact") -> dict:
+    blob = load_file(path, what)
+    if not isinstance(blob, dict) or not {"format", "spec", "payload"} <= set(blob):
+        raise UnreadableFileError(f"{what} {path} is not an artifact of this harness (expected a dict with format, "
+                                  f"spec, payload; found {type(blob).__name__})")
+    return blob
+
+
+def load_artifact(path: str | Path, what: str = "artifact") -> nn.Module:
     """Rebuild the model saved at ``path`` (in eval mode)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    blob = _blob(path, what)
     fmt = blob["format"]
     if fmt not in _FORMATS:
         _import_all()
@@ -96,8 +134,9 @@ def load_artifact(path: str | Path) -> nn.Module:
     return decode(build_model(blob["spec"]), blob["payload"]).eval()
 
 
-def artifact_meta(path: str | Path) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=False)["meta"]
+def artifact_meta(path: str | Path, what: str = "artifact") -> dict:
+    """The ``meta`` dict saved with the artifact at ``path`` (read as safely as the artifact itself)."""
+    return _blob(path, what).get("meta") or {}
 
 
 @torch.inference_mode()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.fileio import atomic_path
 from recsys.models import build_model
 from recsys.nn.quantized import QuantizedEmbedding, QuantizedLinear, torchao_int8_dynamic_
 
@@ -50,9 +51,11 @@ def export_onnx(model: nn.Module, path: str | Path, n: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     users, items = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
-    torch.onnx.export(_Score(float_copy(model)), (users, items), str(path), input_names=["users", "items"],
-                      output_names=["scores"], dynamic_axes={"users": {0: "n"}, "items": {0: "n"}, "scores": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    with atomic_path(path) as tmp:  # temp file + rename: a killed export leaves no half graph
+        torch.onnx.export(_Score(float_copy(model)), (users, items), str(tmp), input_names=["users", "items"],
+                          output_names=["scores"], dynamic_axes={"users": {0: "n"}, "items": {0: "n"},
+                                                                 "scores": {0: "n"}},
+                          opset_version=17, dynamo=False)
     return path
 
 
@@ -60,7 +63,8 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path) -> Path:
     """ORT dynamic int8 quantization of the exported graph (MatMul weights and Gather tables, per tensor)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    with atomic_path(dst) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
     return Path(dst)
 
 

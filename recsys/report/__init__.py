@@ -10,11 +10,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys.report.load import (KIND_TAG, STUDY_TAG, ReportError, Selection, fetch_runs, load_runs, metric_names,
-                                require_metrics, resolve_uri, runs_frame)
+from recsys.fileio import atomic_path, write_csv, write_text
+from recsys.provenance import provenance, with_provenance
+from recsys.report.load import (
+    KIND_TAG,
+    STUDY_TAG,
+    ReportError,
+    Selection,
+    fetch_runs,
+    load_runs,
+    metric_names,
+    require_metrics,
+    resolve_uri,
+    runs_frame,
+)
 from recsys.report.plots import pareto_mask
-from recsys.report.tables import (compression_matrix, drop_constant_labels, metric_columns, seed_table, to_markdown,
-                                  with_groups)
+from recsys.report.tables import (
+    compression_matrix,
+    drop_constant_labels,
+    metric_columns,
+    seed_table,
+    to_markdown,
+    with_groups,
+)
 
 __all__ = ["Report", "ReportError", "Selection", "build", "fetch_runs", "load_runs", "log_report", "metric_names",
            "pareto_mask", "resolve_uri", "runs_frame", "write_report", "main"]
@@ -90,19 +108,21 @@ def write_report(rep: Report, out_dir: str | Path, title: str = "recsys-compress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    prov = provenance()
     for name, table, md in (("seed_table", rep.seed, rep.seed_markdown()),
                             ("compression_matrix", rep.matrix, rep.matrix_markdown())):
         files[f"{name}.csv"] = out / f"{name}.csv"
-        table.to_csv(files[f"{name}.csv"], index=False)
+        write_csv(files[f"{name}.csv"], table, index=False)
         files[f"{name}.md"] = out / f"{name}.md"
-        files[f"{name}.md"].write_text(md + "\n")
+        write_text(files[f"{name}.md"], with_provenance(md, prov))
     cols = ["run_id", "run_name", "dataset", "model", "technique", "setting", "seed", "status"]
     cols += sorted(c for c in rep.runs.columns if c.startswith("metrics.final/"))
     files["runs.csv"] = out / "runs.csv"
-    rep.runs[[c for c in cols if c in rep.runs]].to_csv(files["runs.csv"], index=False)
+    write_csv(files["runs.csv"], rep.runs[[c for c in cols if c in rep.runs]], index=False)
     for name, fig in rep.figures.items():
         files[f"{name}.png"] = out / f"{name}.png"
-        fig.savefig(files[f"{name}.png"], dpi=110)
+        with atomic_path(files[f"{name}.png"]) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
     body = [f"# {title}", "", f"{len(rep.runs)} runs. Quality metric: `final/{rep.quality}`.", "",
             "## Seed table (per stage)", "", rep.seed_markdown(), "",
@@ -110,7 +130,7 @@ def write_report(rep: Report, out_dir: str | Path, title: str = "recsys-compress
     body += [f"_{n}_  " for n in rep.notes] + [""]
     body += [f"![{n}]({n}.png)" for n in rep.figures]
     files["report.md"] = out / "report.md"
-    files["report.md"].write_text("\n".join(body) + "\n")
+    write_text(files["report.md"], with_provenance("\n".join(body), prov))
     return files
 
 

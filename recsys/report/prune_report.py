@@ -13,6 +13,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from recsys.fileio import write_csv, write_text
+from recsys.provenance import with_provenance
+
 STAGES = (("dense", "dense"), ("pruned", "pruned {ratio:.0%}"), ("finetuned", "fine-tuned"))
 COLUMNS = (("hr_at_{k}", "HR@{k}", 1.0, "{:.4f}"), ("ndcg_at_{k}", "NDCG@{k}", 1.0, "{:.4f}"),
            ("recall_at_{k}", "recall@{k} (full)", 1.0, "{:.4f}"), ("artifact_bytes", "artifact MB", 1e-6, "{:.3f}"),
@@ -86,11 +89,11 @@ def build_seed_table(sweep: str, uri: str, experiment: str, k: int = 10, out_dir
     out = Path(out_dir or sweep) / "seed_table"
     out.mkdir(parents=True, exist_ok=True)
     files = {"seed_table.csv": out / "seed_table.csv", "seed_table.md": out / "seed_table.md"}
-    table.to_csv(files["seed_table.csv"], index=False)
-    files["seed_table.md"].write_text(md + "\n" + note + "\n")
+    write_csv(files["seed_table.csv"], table, index=False)
+    write_text(files["seed_table.md"], with_provenance(md + "\n" + note))
     if log:
         log_report(out, Selection(experiment=experiment, sweep=sweep), uri)
-    return md + "\n" + note, files
+    return with_provenance(md + "\n" + note), files
 
 
 class SeedTableCallback(Callback):

@@ -2,13 +2,13 @@
 items as CSR arrays, in one ``.npz`` read with ``allow_pickle=False`` (string ids are stored as fixed-width unicode)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recsys.fileio import atomic_path
 
 
 def _plain(ids: np.ndarray) -> np.ndarray:
@@ -63,12 +63,9 @@ class ServeData:
     def save(self, path: str | Path) -> Path:
         """Atomic write (temp file + rename) of the four arrays."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, item_ids=_plain(self.item_ids), user_ids=_plain(self.user_ids),
-                 seen_indptr=self.seen_indptr.astype(np.int64), seen_indices=self.seen_indices.astype(np.int64))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, item_ids=_plain(self.item_ids), user_ids=_plain(self.user_ids),
+                     seen_indptr=self.seen_indptr.astype(np.int64), seen_indices=self.seen_indices.astype(np.int64))
         return path
 
     @classmethod

@@ -46,16 +46,12 @@ def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
     seconds = time.perf_counter() - t0
     out = {"train_seconds": seconds, "epochs_run": float(trainer.current_epoch)}
     if checkpoint is not None and checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
+        # weights_only=True: the checkpoint (save_weights_only) holds tensors and plain values; nothing is unpickled
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        task.load_state_dict(state["state_dict"])
         out["best_val"] = float(checkpoint.best_model_score)
-        out["best_epoch"] = float(_best_epoch(checkpoint))
+        out["best_epoch"] = float(int(state.get("epoch", -1)))
     return out
-
-
-def _best_epoch(checkpoint: ModelCheckpoint) -> int:
-    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
-    return int(state.get("epoch", -1))
 
 
 class StageTrainer:
