@@ -182,3 +182,16 @@ def test_presets_compose_and_train_one_epoch_on_yoochoose(preset, floor, shared_
     spec.loader.exec_module(mod)
     row = mod.main(["--preset", preset, "--epochs", "1", "--threads", "2", f"paths.data_dir={shared_data_dir}"])
     assert row["recall_at_20"] > floor and 0 < row["mrr_at_20"] < row["recall_at_20"]
+
+
+def test_family_check_names_bad_switch_values_before_training():
+    from recsys.tasks.session import FAMILY
+
+    base = {"data": {"format": "sessions", "name": "y", "source": "s", "train_file": "a", "test_file": "b"},
+            "model": {"loss": "cross-entropy", "batch_size": 4, "hidden_size": 4, "layers": 1, "n_sample": 0,
+                      "_target_": "recsys.models.gru4rec.GRU4Rec"},
+            "train": {"optimizer": "adam"}}
+    assert FAMILY.check(base) == []
+    bad = {**base, "model": {**base["model"], "logq_form": "exact", "momentum": 0.2, "sparse_items": True}}
+    errs = " ".join(FAMILY.check(bad))
+    assert "model.logq_form='exact'" in errs and "train.optimizer=adagradm" in errs and "model.sparse_items" in errs

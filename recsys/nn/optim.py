@@ -60,9 +60,9 @@ class AdagradM(torch.optim.Optimizer):
                         state["mom"].index_copy_(0, idx, upd)
                     p.index_add_(0, idx, upd)
                 else:
-                    acc = state["acc"].addcmul_(g, g)
-                    upd = g.div(acc.add(eps).sqrt_()).mul_(-lr)
+                    denom = state["acc"].addcmul_(g, g).add(eps).sqrt_()
                     if mom > 0:
-                        upd = state["mom"].mul_(mom).add_(upd)
-                    p.add_(upd)
+                        p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
+                    else:
+                        p.addcdiv_(g, denom, value=-lr)
         return loss

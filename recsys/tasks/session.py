@@ -176,6 +176,10 @@ class SessionFamily(TaskFamily):
         elif mom > 0 and (cfg.get("train", {}) or {}).get("optimizer") != "adagradm":
             errs.append(f"model.momentum={mom}: only train.optimizer=adagradm has momentum; set train.optimizer=adagradm "
                         "or model.momentum=0")
+        opt = (cfg.get("train", {}) or {}).get("optimizer")
+        if model.get("sparse_items") and opt not in ("adagrad", "adagradm"):
+            errs.append(f"model.sparse_items=true with train.optimizer={opt!r}: sparse row gradients need "
+                        "train.optimizer=adagradm (or adagrad); set one of them or model.sparse_items=false")
         if model.get("epoch_end") == "drain" and "gru4rec" not in str(model.get("_target_", "")):
             errs.append("model.epoch_end='drain' needs a model with select_state (GRU4Rec)")
         v = model.get("n_sample")
