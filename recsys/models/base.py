@@ -127,15 +127,14 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
     scores = model.item_scores(h, cand)                                    # (b, b + n_sample)
     b = len(targets)
     same = cand[None, :] == targets[:, None]
-    diag = torch.zeros_like(same)
-    diag[torch.arange(b), torch.arange(b)] = True
-    neg_mask = same & ~diag                                                # duplicates of the target: not negatives
     if loss == "cross-entropy":
         if offsets is not None:
             scores = scores + offsets
         elif logq > 0 and log_pop is not None:
             scores = scores - logq * log_pop[cand]
-        if mask_duplicates:
+        if mask_duplicates:                                                # duplicates of the target: not negatives
+            neg_mask = same.clone()
+            neg_mask[torch.arange(b), torch.arange(b)] = False
             scores = scores.masked_fill(neg_mask, float("-inf"))
         if sum_over is not None:
             return F.cross_entropy(scores, torch.arange(b, device=h.device), reduction="sum") / sum_over
