@@ -59,6 +59,8 @@ def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
     errs += number_in(cfg, "train.lr", 0.0, 10.0, lo_open=True)
     errs += number_in(cfg, "train.weight_decay", 0.0, 1.0)
     errs += one_of(cfg, "train.optimizer", sorted(OPTIMIZERS))
+    if get(cfg, "trainer") is not None:
+        errs += one_of(cfg, "trainer.enable_progress_bar", [True, False, "auto"])
     if get(cfg, "train.patience") is not None:
         errs += positive_int(cfg, "train.patience")
     if not isinstance(get(cfg, "seed"), int) or isinstance(get(cfg, "seed"), bool):

@@ -92,15 +92,19 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def _short_value(v: str) -> str:
-    """Numbers rounded to 3 significant digits (``2.9375e-05`` -> ``2.94e-05``, ``0.23333`` -> ``0.233``)."""
+def short_number(v: Any, digits: int = 3) -> str:
+    """A sampled hyper-parameter for people: floats to ``digits`` significant digits (``2.9375e-05`` -> ``2.94e-05``,
+    ``0.0071144760093434225`` -> ``0.00711``); integers, booleans and words unchanged. Run names, report tables and
+    plot labels all print values through this. A value that rounding would not change is printed as given (``0.0``)."""
+    s = str(v)
+    if isinstance(v, bool) or s.strip().lstrip("+-").isdigit():
+        return s
     try:
-        f = float(v)
+        f = float(s)
     except ValueError:
-        return v
-    if v.strip().lstrip("+-").isdigit():
-        return v
-    return f"{f:.3g}"
+        return s
+    short = f"{f:.{digits}g}"
+    return s if float(short) == f else short
 
 
 def readable_run_name(base: str, overrides: list[str]) -> str:
@@ -111,7 +115,7 @@ def readable_run_name(base: str, overrides: list[str]) -> str:
         key = key.lstrip("+~")
         if not sep or key in NAME_SKIP_KEYS or key.startswith(NAME_SKIP_PREFIXES):
             continue
-        parts.append(f"{key}={_short_value(value)}")
+        parts.append(f"{key}={short_number(value)}")
     return " ".join([base, *parts])
 
 
