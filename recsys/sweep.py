@@ -195,12 +195,16 @@ class StudyTracker:
         self.study_name = study_name
         q = study_name.replace("'", "\\'")
         found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'")
+        from recsys.lifecycle import identity
+
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            for k, v in identity().items():   # this launcher now owns it: reaped if it dies (tracking.reap_dead_runs)
+                self.client.set_tag(self.parent_id, k, v)
         else:
             run = self.client.create_run(self.exp_id, run_name=f"study {study_name}",
-                                         tags={STUDY_TAG: study_name, KIND_TAG: "study"})
+                                         tags={STUDY_TAG: study_name, KIND_TAG: "study", **identity()})
             self.parent_id = run.info.run_id
 
     def logged_metric_names(self) -> set[str]:

@@ -78,10 +78,14 @@ class StageTrainer:
         task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
         dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
         Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
-        ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
+        from recsys.lifecycle import ckpt_prefix
+        from recsys.tasks.guard import DivergenceGuard
+
+        ckpt = tempfile.mkdtemp(prefix=ckpt_prefix(stage), dir=str(Path(cfg.paths.cache_dir).resolve()))
+        guard = DivergenceGuard(stage, cfg.train.get("divergence_factor", 10.0))
         try:
             info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True),
-                       logger=self.logger, callbacks=list(callbacks), ckpt_dir=ckpt,
+                       logger=self.logger, callbacks=[guard, *callbacks], ckpt_dir=ckpt,
                        monitor=f"{stage}/epoch_{family.monitor}", select_best=select_best,
                        patience=cfg.train.get("patience") if select_best else None)
         finally:
