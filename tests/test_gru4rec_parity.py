@@ -170,7 +170,7 @@ def test_drain_training_step_compacts_the_state():
 @pytest.mark.realdata
 @pytest.mark.parametrize("preset,floor", [("gru4rec_xe_100", 0.45), ("gru4rec_xe_480", 0.45)])
 def test_presets_compose_and_train_one_epoch_on_yoochoose(preset, floor, shared_data_dir, monkeypatch):
-    """`python run.py experiment=gru4rec_xe_*` configs, 1 epoch through experiments/gru4rec_ablation.py (the same
+    """The configs of `python run.py experiment=gru4rec_xe_100` and `experiment=gru4rec_xe_480`, 1 epoch through experiments/gru4rec_ablation.py (the same
     family components as run.py). Floor: the official 100-unit file reaches recall@20 0.5668 after 1 epoch."""
     import importlib.util
     from pathlib import Path
