@@ -43,10 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "experiments" / "peers_workers.py"
 
 # official GRU4Rec parameter -> the project's Hydra key (None: the project has no such setting yet)
+# the official training semantics the param files do not name (the switches the gru4rec_xe_* presets turn on)
+GRU4REC_OFFICIAL = ["train.optimizer=adagradm", "model.carry_dropout=true", "model.init=official",
+                    "model.sparse_items=true", "model.logq_form=official", "model.mask_duplicates=false",
+                    "model.loss_norm=batch_size", "model.session_order=time", "model.epoch_end=drain"]
 GRU4REC_KEYS = {"loss": "model.loss", "constrained_embedding": "model.constrained_embedding",
                 "embedding": "model.embedding", "elu_param": "model.elu_param", "layers": "model.hidden_size",
                 "n_epochs": "train.epochs", "batch_size": "model.batch_size", "dropout_p_embed": "model.dropout_p_embed",
-                "dropout_p_hidden": "model.dropout_p_hidden", "learning_rate": "train.lr", "momentum": None,
+                "dropout_p_hidden": "model.dropout_p_hidden", "learning_rate": "train.lr", "momentum": "model.momentum",
                 "n_sample": "model.n_sample", "sample_alpha": "model.sample_alpha", "bpreg": "model.bpreg",
                 "logq": "model.logq"}
 
@@ -176,7 +180,7 @@ def read_param_file(path: Path) -> dict[str, Any]:
 
 def gru4rec_overrides(params: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Project Hydra overrides matching an official param dict, and the settings that have no project key."""
-    out, unmatched = ["model=gru4rec", "data=yoochoose", "train.optimizer=adagrad"], []
+    out, unmatched = ["model=gru4rec", "data=yoochoose", *GRU4REC_OFFICIAL], []
     for k, v in params.items():
         key = GRU4REC_KEYS.get(k)
         if key is None:

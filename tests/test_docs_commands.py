@@ -93,6 +93,17 @@ COVERED: dict[str, str | tuple[str, list[str]]] = {
     "python run.py -m hparams_search=prune_lr": "tests/test_sweep_commands.py::test_hparams_search_prune_lr_runs_as_typed",
     "python run.py -m hydra/launcher=submitit_local train.lr=0.001,0.002":
         ("tests/test_submitit.py::test_submitit_local_multirun_lands_two_runs", ["submitit_local"]),
+    **{c: ("tests/test_gru4rec_parity.py::test_presets_compose_and_train_one_epoch_on_yoochoose", [frag])
+       for c, frag in (("python run.py experiment=gru4rec_xe_100", "gru4rec_xe_100"),
+                       ("python run.py experiment=gru4rec_xe_480", "gru4rec_xe_480"))},
+    **{c: ("tests/test_gru4rec_parity.py::test_presets_compose_and_train_one_epoch_on_yoochoose",
+           ["gru4rec_ablation.py", "--epochs"]) for c in (
+        "python experiments/gru4rec_ablation.py --preset gru4rec_xe_480 --epochs 10 model.logq_form=pop",
+        "python experiments/gru4rec_ablation.py --preset gru4rec_xe_100 --epochs 1 --threads 1",
+        "python experiments/gru4rec_ablation.py --preset gru4rec_xe_100 --epochs 1 --threads 1 model.carry_dropout=false "
+        "model.init=torch model.sparse_items=false model.logq_form=pop model.mask_duplicates=true model.loss_norm=mean "
+        "model.session_order=id model.epoch_end=stop model.momentum=0.0 train.optimizer=adagrad",
+        "python experiments/gru4rec_ablation.py --preset gru4rec_xe_480 --epochs 10 --threads 2")},
     "python experiments/serve_load.py --quick":
         ("tests/test_serve_load.py::test_serve_load_quick_runs_every_cell", ["serve_load.py", "--quick"]),
 }

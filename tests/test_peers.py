@@ -75,9 +75,9 @@ def test_param_file_maps_to_project_overrides(tmp_path: Path) -> None:
     assert params["layers"] == [100] and params["momentum"] == 0.2
     over, unmatched = peers.gru4rec_overrides(params)
     assert {"model.hidden_size=100", "model.layers=1", "model.constrained_embedding=true", "train.epochs=10",
-            "model.batch_size=32", "train.lr=0.2", "model.sample_alpha=0.5", "train.optimizer=adagrad"} <= set(over)
-    assert unmatched == ["momentum=0.2"]
-    assert peers.gru4rec_overrides({"momentum": 0.0})[1] == []   # zero momentum is what the project does
+            "model.batch_size=32", "train.lr=0.2", "model.sample_alpha=0.5", "train.optimizer=adagradm",
+            "model.momentum=0.2", "model.logq_form=official", "model.epoch_end=drain"} <= set(over)
+    assert unmatched == []
     (tmp_path / "bad.py").write_text("params = {}\n")
     with pytest.raises(ValueError, match="gru4rec_params"):
         peers.read_param_file(tmp_path / "bad.py")

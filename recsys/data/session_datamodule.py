@@ -23,11 +23,11 @@ class SessionDataModule(L.LightningDataModule):
     """Session-parallel training batches and the validation sessions."""
 
     def __init__(self, data: SessionData, batch_size: int, n_sample: int, sample_alpha: float, seed: int,
-                 data_fraction: float = 1.0) -> None:
+                 data_fraction: float = 1.0, order: str = "id", epoch_end: str = "stop") -> None:
         super().__init__()
         self.data = data
         self.train_data = SessionParallelBatches(data.train, batch_size, data.n_items, n_sample, sample_alpha, seed,
-                                                 data_fraction, data.item_counts())
+                                                 data_fraction, data.item_counts(), order, epoch_end)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_data, batch_size=None)

@@ -60,6 +60,7 @@ class Sessions:
     offsets: np.ndarray
     items: np.ndarray
     targets: np.ndarray   # bool per click: predict this click from the clicks before it in its session
+    start: np.ndarray | None = None   # first timestamp of each session (for ``session_order: time``)
 
     @property
     def n_sessions(self) -> int:
@@ -112,7 +113,8 @@ def _sessions_from_frame(sess: np.ndarray, items: np.ndarray, times: np.ndarray,
     if target_rule == "last":              # only the last click of each sequence is predicted
         targets[:] = False
         targets[offsets[1:] - 1] = True
-    return Sessions(offsets, items[idx].astype(np.int64), targets)
+    start = np.asarray(times, dtype=np.float64)[order][starts[keep]] if len(sess) else np.zeros(0)
+    return Sessions(offsets, items[idx].astype(np.int64), targets, start)
 
 
 def parse_session_cfg(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,7 +244,7 @@ def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: A
     lengths = np.diff(full.offsets)
     cut = lambda k: np.concatenate([full.items[s:e - k] for s, e in zip(full.offsets[:-1], full.offsets[1:])])  # noqa
     off = lambda k: np.r_[0, np.cumsum(lengths - k)].astype(np.int64)  # noqa: E731
-    train = Sessions(off(2), cut(2), np.ones(int((lengths - 2).sum()), dtype=bool))
+    train = Sessions(off(2), cut(2), np.ones(int((lengths - 2).sum()), dtype=bool), full.start)
     train.targets[train.offsets[:-1]] = False
     val_off = off(1)
     val_t = np.zeros(val_off[-1], dtype=bool)
@@ -265,27 +267,44 @@ def load_session_data(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any
     return load_user_sequences(data_cfg, data_dir, cache_dir)
 
 
+ORDERS, EPOCH_ENDS = ("id", "time"), ("stop", "drain")
+SAMPLE_STORE = 10_000_000   # negatives drawn per vectorised batch of draws (as the official implementation's store)
+
+
 class SessionParallelBatches(IterableDataset):
     """Session-parallel mini-batches (Hidasi et al. 2016, Sec. 3.1.1): ``batch_size`` sessions side by side.
 
     Each step yields ``(inputs, targets, reset, negatives)``: the current click of every slot, the click after it, a bool
     mask of slots whose hidden state must be zeroed *before* this step (a new session started there), and ``n_sample``
     extra negatives drawn with probability proportional to popularity^``sample_alpha``. When a slot's session has no
-    next click, the next unused session takes the slot. The epoch ends when a finished slot cannot be refilled (as the
-    official implementation does). Each ``__iter__`` is one epoch; ``data_fraction`` < 1 uses a random subset of
-    sessions (drawn from (seed, epoch)), kept in their original order.
+    next click, the next unused session takes the slot. Sessions come in ``order`` ``id`` (the CSR order) or ``time``
+    (by first click, as the official implementation). ``epoch_end``: ``stop`` ends the epoch when a finished slot cannot
+    be refilled; ``drain`` drops such slots and goes on with a shrinking batch until every click is used (official);
+    then each step has a fifth element ``keep``: the rows of the previous step's state that continue here. Each
+    ``__iter__`` is one epoch; ``data_fraction`` < 1 uses a random subset of sessions (drawn from (seed, epoch)), kept
+    in their order.
     """
 
     def __init__(self, sessions: Sessions, batch_size: int, n_items: int, n_sample: int = 0, sample_alpha: float = 0.75,
-                 seed: int = 0, data_fraction: float = 1.0, item_counts: np.ndarray | None = None) -> None:
+                 seed: int = 0, data_fraction: float = 1.0, item_counts: np.ndarray | None = None,
+                 order: str = "id", epoch_end: str = "stop") -> None:
         if batch_size < 1:
             raise ConfigError(f"model.batch_size={batch_size!r}: must be a positive integer (sessions per batch).")
         if not 0.0 < data_fraction <= 1.0:
             raise ConfigError(f"data_fraction must be in (0, 1], got {data_fraction} (finetune.data_fraction).")
+        if order not in ORDERS:
+            raise ConfigError(f"model.session_order={order!r}: must be one of {list(ORDERS)}.")
+        if epoch_end not in EPOCH_ENDS:
+            raise ConfigError(f"model.epoch_end={epoch_end!r}: must be one of {list(EPOCH_ENDS)}.")
+        if order == "time" and sessions.start is None:
+            raise ConfigError("model.session_order='time': these sessions carry no timestamps; use 'id'.")
         self.s, self.n_items, self.n_sample = sessions, n_items, int(n_sample)
         self.seed, self.data_fraction, self.epoch = int(seed), float(data_fraction), 0
+        self.order, self.epoch_end = order, epoch_end
         lengths = np.diff(sessions.offsets)
         self.usable = np.flatnonzero(lengths >= 2)
+        if order == "time":
+            self.usable = self.usable[np.argsort(sessions.start[self.usable], kind="stable")]
         self.batch_size = int(min(batch_size, max(1, len(self.usable))))
         counts = item_counts if item_counts is not None else np.bincount(sessions.items, minlength=n_items)
         p = counts.astype(np.float64) ** sample_alpha
@@ -300,39 +319,64 @@ class SessionParallelBatches(IterableDataset):
             return self.usable
         rng = np.random.default_rng([self.seed, epoch, 7])
         k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
-        return np.sort(rng.choice(self.usable, size=min(k, len(self.usable)), replace=False))
+        pick = np.sort(rng.choice(len(self.usable), size=min(k, len(self.usable)), replace=False))
+        return self.usable[pick]
 
-    def plan(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(click positions, reset mask) of every step of ``epoch`` (index arithmetic only)."""
+    def plan(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(click positions, reset mask, rows of the previous step kept or None when all) of every step of ``epoch``."""
         order = self.sessions_for(epoch)
         off = self.s.offsets
         b = self.batch_size
         cur, end = off[order[:b]].copy(), off[order[:b] + 1].copy()
-        nxt, reset = b, np.ones(b, dtype=bool)
+        nxt, reset, keep = b, np.ones(b, dtype=bool), None
         while True:
-            yield cur.copy(), reset.copy()
+            yield cur.copy(), reset.copy(), keep
             cur += 1
             done = np.flatnonzero(cur + 1 >= end)
-            if len(done) > len(order) - nxt:
+            left = len(order) - nxt
+            if len(done) > left and self.epoch_end == "stop":
                 return
             reset[:] = False
-            new = order[nxt:nxt + len(done)]
-            cur[done], end[done], reset[done] = off[new], off[new + 1], True
-            nxt += len(done)
+            fill, drop = done[:left], done[left:]
+            new = order[nxt:nxt + len(fill)]
+            cur[fill], end[fill], reset[fill] = off[new], off[new + 1], True
+            nxt += len(fill)
+            keep = None
+            if len(drop):
+                keep = np.setdiff1d(np.arange(len(cur)), drop)
+                if not len(keep):
+                    return
+                cur, end, reset = cur[keep], end[keep], reset[keep]
 
     def n_steps(self, epoch: int = 0) -> int:
-        """Steps (of ``batch_size`` events each) in ``epoch``."""
+        """Steps in ``epoch``."""
         return sum(1 for _ in self.plan(epoch))
+
+    def n_events(self, epoch: int = 0) -> int:
+        """Training events (clicks with a next click) of ``epoch``: the sum of the steps' sizes."""
+        return sum(len(pos) for pos, _, _ in self.plan(epoch))
+
+    def _negatives(self, rng: np.random.Generator) -> Iterator[torch.Tensor]:
+        """``n_sample`` popularity^alpha negatives per step, drawn in vectorised blocks (same stream as per step)."""
+        per_block = max(1, SAMPLE_STORE // max(1, self.n_sample))
+        while True:
+            draws = np.searchsorted(self.cdf, rng.random(per_block * self.n_sample)).clip(max=self.n_items - 1)
+            yield from torch.from_numpy(draws.astype(np.int64)).view(per_block, self.n_sample)
 
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
         rng = np.random.default_rng([self.seed, epoch])
         items = torch.from_numpy(self.s.items)
-        for pos, reset in self.plan(epoch):
+        negatives = self._negatives(rng) if self.n_sample else None
+        empty = torch.zeros(0, dtype=torch.long)
+        for pos, reset, keep in self.plan(epoch):
             p = torch.from_numpy(pos)
-            neg = np.searchsorted(self.cdf, rng.random(self.n_sample)).clip(max=self.n_items - 1)
-            yield items[p], items[p + 1], torch.from_numpy(reset), torch.from_numpy(neg.astype(np.int64))
+            neg = next(negatives) if negatives is not None else empty
+            step = (items[p], items[p + 1], torch.from_numpy(reset), neg)
+            if self.epoch_end == "drain":
+                step += (torch.from_numpy(keep) if keep is not None else empty,)
+            yield step
 
 
 def padded(sessions: Sessions, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

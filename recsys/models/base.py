@@ -106,7 +106,9 @@ def structured_support(model: Any) -> bool:
 
 
 def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, loss: str = "cross-entropy",
-                 bpreg: float = 0.0, logq: float = 0.0, log_pop: torch.Tensor | None = None) -> torch.Tensor:
+                 bpreg: float = 0.0, logq: float = 0.0, log_pop: torch.Tensor | None = None,
+                 offsets: torch.Tensor | None = None, mask_duplicates: bool = True,
+                 sum_over: int | None = None) -> torch.Tensor:
     """GRU4Rec's training loss on one session-parallel step (any SessionModel: it only calls ``item_scores``).
 
     Candidates = the minibatch's own targets (each row's target is the diagonal; the other rows' targets are its
@@ -116,18 +118,26 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
     * ``cross-entropy``: softmax over the candidates; ``logq`` > 0 subtracts ``logq * log(popularity)`` from each
       candidate's score (the sampled-softmax correction for popularity-sampled negatives).
     * ``bpr-max``: -log sum_j softmax(s_j) sigmoid(s_i - s_j) over the negatives j, plus ``bpreg`` * sum_j softmax(s_j) s_j^2.
+
+    Official-GRU4Rec switches (cross-entropy): ``offsets`` (b + n_sample,) replaces the logQ term with a given additive
+    offset per candidate; ``mask_duplicates=False`` keeps copies of the target among the negatives; ``sum_over=n``
+    returns sum / n (a fixed batch size) instead of the mean over the rows present.
     """
     cand = torch.cat([targets, negatives])
     scores = model.item_scores(h, cand)                                    # (b, b + n_sample)
     b = len(targets)
     same = cand[None, :] == targets[:, None]
-    diag = torch.zeros_like(same)
-    diag[torch.arange(b), torch.arange(b)] = True
-    neg_mask = same & ~diag                                                # duplicates of the target: not negatives
     if loss == "cross-entropy":
-        if logq > 0 and log_pop is not None:
+        if offsets is not None:
+            scores = scores + offsets
+        elif logq > 0 and log_pop is not None:
             scores = scores - logq * log_pop[cand]
-        scores = scores.masked_fill(neg_mask, float("-inf"))
+        if mask_duplicates:                                                # duplicates of the target: not negatives
+            neg_mask = same.clone()
+            neg_mask[torch.arange(b), torch.arange(b)] = False
+            scores = scores.masked_fill(neg_mask, float("-inf"))
+        if sum_over is not None:
+            return F.cross_entropy(scores, torch.arange(b, device=h.device), reduction="sum") / sum_over
         return F.cross_entropy(scores, torch.arange(b, device=h.device))
     if loss == "bpr-max":
         pos = scores[torch.arange(b), torch.arange(b)][:, None]

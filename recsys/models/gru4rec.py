@@ -31,6 +31,9 @@ def _tensor(w: torch.Tensor | object) -> torch.Tensor:
     return w.dequantize() if getattr(w, "is_quantized", False) else w
 
 
+INITS = ("torch", "official")   # GRU init: torch's nn.GRU default | glorot per gate block, zero biases
+
+
 class GRU4Rec(nn.Module):
     """Session-based next-item model: item embedding -> GRU layer(s) -> scores over all items."""
 
@@ -38,7 +41,8 @@ class GRU4Rec(nn.Module):
 
     def __init__(self, n_items: int, hidden_size: int = 100, layers: int = 1, embedding: int = 0,
                  constrained_embedding: bool = True, dropout_p_embed: float = 0.0, dropout_p_hidden: float = 0.0,
-                 elu_param: float = 0.0) -> None:
+                 elu_param: float = 0.0, carry_dropout: bool = False, init: str = "torch",
+                 sparse_items: bool = False) -> None:
         super().__init__()
         for name, v in (("n_items", n_items), ("hidden_size", hidden_size), ("layers", layers)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -48,7 +52,12 @@ class GRU4Rec(nn.Module):
         for name, p in (("dropout_p_embed", dropout_p_embed), ("dropout_p_hidden", dropout_p_hidden)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {p}")
+        if init not in INITS:
+            raise ValueError(f"model.init must be one of {list(INITS)}, got {init!r}")
         self.n_items, self.hidden_size, self.layers = n_items, hidden_size, layers
+        # official GRU4Rec semantics, opt-in (see conf/model/gru4rec.yaml): the dropped-out state is also carried to the
+        # session's next step; glorot-uniform per gate block with zero GRU biases; sparse row gradients of the item table
+        self.carry_dropout, self.init, self.sparse_items = bool(carry_dropout), init, bool(sparse_items)
         self.embedding_size, self.constrained_embedding = int(embedding), bool(constrained_embedding)
         self.dropout_p_embed, self.dropout_p_hidden, self.elu_param = float(dropout_p_embed), float(dropout_p_hidden), float(elu_param)
         if self.constrained_embedding:
@@ -62,7 +71,28 @@ class GRU4Rec(nn.Module):
         bound = (6 / (n_items + hidden_size)) ** 0.5
         nn.init.uniform_(self.out.weight, -bound, bound)
         nn.init.zeros_(self.out.bias)
+        if init == "official":
+            self._init_per_gate()
         self.drop_embed, self.drop_hidden = nn.Dropout(dropout_p_embed), nn.Dropout(dropout_p_hidden)
+
+    def _init_per_gate(self) -> None:
+        """Glorot-uniform init of each gate block (reset, update, new) of every GRU matrix; zero GRU biases (as the
+        official implementation's compatibility mode)."""
+        H = self.hidden_size
+        with torch.no_grad():
+            for name, w in self.gru.named_parameters():
+                if name.startswith("bias"):
+                    nn.init.zeros_(w)
+                    continue
+                bound = (6 / (w.shape[1] + H)) ** 0.5
+                for g in range(3):
+                    nn.init.uniform_(w[g * H:(g + 1) * H], -bound, bound)
+
+    def _sparse_table(self) -> bool:
+        """Whether training reads the item table with sparse row gradients (only when ``out`` holds plain parameters:
+        a pruning or quantization wrapper turns ``out.weight`` into a computed tensor)."""
+        return (self.sparse_items and self.training and isinstance(self.out.weight, nn.Parameter)
+                and isinstance(self.out.bias, nn.Parameter))
 
     # ------------------------------------------------------------------------------------------------ pieces
     def output_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +102,8 @@ class GRU4Rec(nn.Module):
     def embed(self, items: torch.Tensor) -> torch.Tensor:
         """Input embedding of each item id."""
         if self.embedding is None:
+            if self._sparse_table():
+                return F.embedding(items, self.out.weight, sparse=True)
             return F.embedding(items, self.output_weights()[0])
         return self.embedding(items)
 
@@ -84,6 +116,8 @@ class GRU4Rec(nn.Module):
         x = self.drop_embed(self.embed(items))
         out, hidden = self.gru(x.unsqueeze(0), hidden)
         h = self.drop_hidden(out.squeeze(0))
+        if self.carry_dropout and self.training and self.dropout_p_hidden > 0:
+            hidden = torch.cat([hidden[:-1], h[None]])      # the dropped-out state is what the next step sees
         if self.elu_param > 0:
             h = F.elu(h, alpha=self.elu_param)
         return h, hidden
@@ -92,6 +126,11 @@ class GRU4Rec(nn.Module):
         """Scores of ``items`` (all items when None) for each state row: (b, len(items))."""
         if items is None:
             return self.out(h)
+        if self._sparse_table():   # gradients of only the rows read (a sparse tensor): row-wise optimiser updates
+            w = F.embedding(items, self.out.weight, sparse=True)
+            b = self.out.bias[items]   # the bias keeps a dense gradient (n_items floats; a sparse one through a
+            # view is not supported by autograd), so with momentum its absent rows still move by their decaying momentum
+            return torch.addmm(b[None, :], h, w.T)
         w, b = self.output_weights()
         return h @ w[items].T + b[items]
 
@@ -118,7 +157,8 @@ class GRU4Rec(nn.Module):
         return {"_target_": "recsys.models.gru4rec.GRU4Rec", "n_items": self.n_items, "hidden_size": self.hidden_size,
                 "layers": self.layers, "embedding": self.embedding_size,
                 "constrained_embedding": self.constrained_embedding, "dropout_p_embed": self.dropout_p_embed,
-                "dropout_p_hidden": self.dropout_p_hidden, "elu_param": self.elu_param}
+                "dropout_p_hidden": self.dropout_p_hidden, "elu_param": self.elu_param,
+                "carry_dropout": self.carry_dropout, "init": self.init, "sparse_items": self.sparse_items}
 
     # --------------------------------------------------------------------- session-model contract (models/base.py)
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -130,6 +170,10 @@ class GRU4Rec(nn.Module):
     def reset_state(self, state: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
         """Truncated BPTT of one step (as the official code): the state carries over, its gradient does not."""
         return state.detach() * (~reset).to(state.dtype)[None, :, None]
+
+    def select_state(self, state: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The state of the sessions at ``rows`` only (a shrinking batch at the end of an epoch)."""
+        return state[:, rows]
 
     def keep_state(self, new: torch.Tensor, old: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         return torch.where(live[None, :, None], new, old)

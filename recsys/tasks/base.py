@@ -10,9 +10,11 @@ import lightning as L
 import torch
 from torch import nn
 
+from recsys.nn.optim import AdagradM
+
 MODEL_META_KEYS = ("name", "task")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "adagrad": torch.optim.Adagrad}
+              "adagrad": torch.optim.Adagrad, "adagradm": AdagradM}   # adagradm: GRU4Rec's (recsys/nn/optim.py)
 
 
 class TrainableTask(L.LightningModule):

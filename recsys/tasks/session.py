@@ -25,10 +25,15 @@ from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
 from recsys.measure.latency import LatencyConfig, session_latency
 from recsys.models.base import LOSSES, sampled_loss
+from recsys.nn.optim import AdagradM
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 # model-config keys that configure training, not the network
-TRAIN_KEYS = ("loss", "batch_size", "n_sample", "sample_alpha", "bpreg", "logq", "objective")
+TRAIN_KEYS = ("loss", "batch_size", "n_sample", "sample_alpha", "bpreg", "logq", "objective", "logq_form",
+              "mask_duplicates", "loss_norm", "session_order", "epoch_end", "momentum")
+# official-GRU4Rec switches (conf/model/gru4rec.yaml): key -> allowed values
+SWITCHES = {"logq_form": ("pop", "official"), "loss_norm": ("mean", "batch_size"), "session_order": ("id", "time"),
+            "epoch_end": ("stop", "drain"), "mask_duplicates": (True, False)}
 
 
 @torch.inference_mode()
@@ -69,11 +74,17 @@ class SessionTask(TrainableTask):
 
     def __init__(self, model: nn.Module, lr: float = 0.05, optimizer: str = "adagrad", weight_decay: float = 0.0,
                  stage: str = "dense", loss: str = "cross-entropy", bpreg: float = 0.0, logq: float = 0.0,
-                 item_counts: np.ndarray | None = None, ks: tuple[int, ...] = (20, 10)) -> None:
+                 item_counts: np.ndarray | None = None, ks: tuple[int, ...] = (20, 10), logq_form: str = "pop",
+                 sample_alpha: float = 0.75, mask_duplicates: bool = True, loss_norm: str = "mean",
+                 batch_size: int | None = None, momentum: float = 0.0) -> None:
         super().__init__(model, lr, optimizer, weight_decay, stage)
         self.loss_name, self.bpreg, self.logq, self.ks = loss, bpreg, logq, ks
+        self.logq_form, self.sample_alpha, self.mask_duplicates = logq_form, float(sample_alpha), bool(mask_duplicates)
+        self.sum_over = int(batch_size) if loss_norm == "batch_size" and batch_size else None
+        self.momentum = float(momentum)
         counts = torch.as_tensor(item_counts if item_counts is not None else np.ones(1), dtype=torch.float32)
         self.register_buffer("log_pop", torch.log(counts.clamp(min=1) / counts.sum()), persistent=False)
+        self.register_buffer("log_count", torch.log(counts.clamp(min=1)), persistent=False)
         self.hidden: Any = None          # the model's per-session state (SessionModel contract, models/base.py)
         self._rows = 0                   # sessions that state holds
         self._ranks: list[torch.Tensor] = []
@@ -83,18 +94,35 @@ class SessionTask(TrainableTask):
         if isinstance(getattr(dm, "data", None), SessionData):   # popularity for the logQ correction
             counts = torch.as_tensor(dm.data.item_counts(), dtype=torch.float32).clamp(min=1)
             self.log_pop = torch.log(counts / counts.sum()).to(self.device)
+            self.log_count = torch.log(counts).to(self.device)
 
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name == "adagradm":   # GRU4Rec's optimiser takes the momentum of the model config
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            return AdagradM(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return super().configure_optimizers()
+
+    def logq_offsets(self, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor | None:
+        """Official logQ form: in-batch targets get -logq*log(count), extra samples -logq*alpha*log(count) (their
+        sampling probability is count^alpha); None for the default form (-logq*log p for every candidate)."""
+        if self.logq_form != "official" or self.logq <= 0:
+            return None
+        return -self.logq * torch.cat([self.log_count[targets], self.sample_alpha * self.log_count[negatives]])
     def on_train_epoch_start(self) -> None:
         self.hidden = None
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        inputs, targets, reset, negatives = batch
+        inputs, targets, reset, negatives = batch[:4]
+        if len(batch) > 4 and len(batch[4]) and self.hidden is not None:   # a shrinking batch (epoch_end: drain)
+            self.hidden, self._rows = self.model.select_state(self.hidden, batch[4]), len(batch[4])
         if self.hidden is None or self._rows != len(inputs):
             self.hidden, self._rows = self.model.init_state(len(inputs), inputs.device), len(inputs)
         # the model's reset_state: slots where a new session starts get a fresh state; the state carries over
         # between steps without its gradient (GRU4Rec: truncated BPTT of one step, as the official code)
         h, self.hidden = self.model.advance(inputs, self.model.reset_state(self.hidden, reset))
-        loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop)
+        loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop,
+                            offsets=self.logq_offsets(targets, negatives), mask_duplicates=self.mask_duplicates,
+                            sum_over=self.sum_over)
         loss = self.add_extra_losses(loss, batch, h)
         self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(inputs))
@@ -139,6 +167,21 @@ class SessionFamily(TaskFamily):
             v = model.get(key)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 errs.append(f"model.{key}={v!r}: must be a positive integer")
+        for key, allowed in SWITCHES.items():
+            if key in model and model[key] not in allowed:
+                errs.append(f"model.{key}={model[key]!r}: must be one of {list(allowed)}")
+        mom = model.get("momentum", 0.0)
+        if isinstance(mom, bool) or not isinstance(mom, (int, float)) or not 0.0 <= mom < 1.0:
+            errs.append(f"model.momentum={mom!r}: must be a number in [0, 1) (used by train.optimizer=adagradm)")
+        elif mom > 0 and (cfg.get("train", {}) or {}).get("optimizer") != "adagradm":
+            errs.append(f"model.momentum={mom}: only train.optimizer=adagradm has momentum; set train.optimizer=adagradm "
+                        "or model.momentum=0")
+        opt = (cfg.get("train", {}) or {}).get("optimizer")
+        if model.get("sparse_items") and opt not in ("adagrad", "adagradm"):
+            errs.append(f"model.sparse_items=true with train.optimizer={opt!r}: sparse row gradients need "
+                        "train.optimizer=adagradm (or adagrad); set one of them or model.sparse_items=false")
+        if model.get("epoch_end") == "drain" and "gru4rec" not in str(model.get("_target_", "")):
+            errs.append("model.epoch_end='drain' needs a model with select_state (GRU4Rec)")
         v = model.get("n_sample")
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             errs.append(f"model.n_sample={v!r}: must be an integer >= 0 (extra negatives per step)")
@@ -162,18 +205,24 @@ class SessionFamily(TaskFamily):
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> SessionTask:
         m = cfg.model
         return SessionTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,
-                           loss=m.loss, bpreg=float(m.get("bpreg", 0.0)), logq=float(m.get("logq", 0.0)))
+                           loss=m.loss, bpreg=float(m.get("bpreg", 0.0)), logq=float(m.get("logq", 0.0)),
+                           logq_form=str(m.get("logq_form", "pop")), sample_alpha=float(m.get("sample_alpha", 0.75)),
+                           mask_duplicates=bool(m.get("mask_duplicates", True)),
+                           loss_norm=str(m.get("loss_norm", "mean")), batch_size=int(m.batch_size),
+                           momentum=float(m.get("momentum", 0.0)))
 
     def make_datamodule(self, data: SessionData, cfg: Any, data_fraction: float = 1.0) -> SessionDataModule:
         m = cfg.model
         return SessionDataModule(data, int(m.batch_size), int(m.n_sample), float(m.get("sample_alpha", 0.75)),
-                                 int(cfg.seed), data_fraction)
+                                 int(cfg.seed), data_fraction, str(m.get("session_order", "id")),
+                                 str(m.get("epoch_end", "stop")))
 
     def samples_per_epoch(self, data: SessionData, cfg: Any, data_fraction: float = 1.0) -> float:
         """Events (clicks with a next click) processed per epoch: steps x parallel sessions."""
-        it = SessionParallelBatches(data.train, int(cfg.model.batch_size), data.n_items, 0, 1.0, int(cfg.seed),
-                                    data_fraction)
-        return float(it.n_steps(0) * it.batch_size)
+        m = cfg.model
+        it = SessionParallelBatches(data.train, int(m.batch_size), data.n_items, 0, 1.0, int(cfg.seed), data_fraction,
+                                    order=str(m.get("session_order", "id")), epoch_end=str(m.get("epoch_end", "stop")))
+        return float(it.n_events(0))
 
     def evaluate(self, model: nn.Module, data: SessionData, cfg: Any) -> dict[str, float]:
         ks = tuple(sorted({20, 10, *(int(k) for k in cfg.eval.topk)}, reverse=True))
