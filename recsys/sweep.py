@@ -4,9 +4,15 @@
 - checks before any trial runs: every search-space key exists in the job config (Hydra composes a trial at both ends
   of every range, and the project's config checks run on it), no range is empty, one direction per objective, and
   objectives that the store's runs do not log are named;
-- resume: ``n_trials`` is the number of *complete* trials the study should hold; a second invocation with the same
-  study runs only the missing ones, and re-queues the trials a killed invocation left RUNNING (their params again);
-- MLflow: a parent run per study (tag ``recsys.kind=study``); each trial's run gets tags ``optuna_study``,
+- resume and many workers: ``n_trials`` is the number of *complete* trials the study should hold, in total over every
+  worker (process or machine) running the same command on the same RDB storage; a worker asks for a trial only while
+  complete + running < n_trials, and a trial asked in a race beyond that is told FAIL unrun (user attr ``surplus``), so
+  none runs twice and the study ends with exactly n_trials complete. Running trials send Optuna heartbeats; a trial
+  whose worker was killed goes stale after ``grace_period`` s, ``optuna.storages.fail_stale_trials`` marks it FAIL and
+  ``RetryHeartbeatStaleTrialCallback(max_retry)`` re-queues its params once (any worker runs the retry);
+- MLflow: one parent run per study (tag ``recsys.kind=study``), its id kept in the study's user attr
+  ``mlflow_parent_run_id``: the worker whose ``create_study`` wins (the storage's unique study name makes that atomic)
+  creates the run, the others wait for the attr; each trial's run gets tags ``optuna_study``,
   ``optuna_trial`` and ``mlflow.parentRunId`` (the UI nests it under the study); the Pareto front is logged on the
   parent as ``pareto/pareto_front.{md,csv,png}``;
 - progress: one line per finished trial (trial k/n, objective values, Pareto front / best so far).
@@ -25,8 +31,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
-from collections.abc import MutableSequence, Sequence
+import warnings
+from contextlib import contextmanager
+from collections.abc import Iterator, MutableSequence, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +52,12 @@ from optuna.trial import TrialState
 from recsys.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# fail_stale_trials is marked experimental, and Optuna warns that heartbeats are meant for Study.optimize: this sweeper
+# sends them itself around each ask/tell batch (TradeoffSweeper.heartbeats), which is the same contract.
+warnings.filterwarnings("ignore", message=r".*fail_stale_trials.*", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message=r".*Heartbeat of storage is supposed to be used with Study.optimize.*")
 STUDY_TAG = "optuna_study"
+PARENT_ATTR = "mlflow_parent_run_id"
 KIND_TAG = "recsys.kind"
 METRIC_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -192,15 +206,35 @@ class StudyTracker:
                                  OmegaConf.select(cfg, "tracking.artifact_location"))
         self.client = MlflowClient(self.uri)
         self.study_name = study_name
-        q = study_name.replace("'", "\\'")
-        found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'")
-        if found:
-            self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.exp_id, run_name=f"study {study_name}",
-                                         tags={STUDY_TAG: study_name, KIND_TAG: "study"})
-            self.parent_id = run.info.run_id
+        self.parent_id = ""
+
+    def _create_parent(self) -> str:
+        run = self.client.create_run(self.exp_id, run_name=f"study {self.study_name}",
+                                     tags={STUDY_TAG: self.study_name, KIND_TAG: "study"})
+        return run.info.run_id
+
+    def attach(self, study: optuna.Study, created: bool, wait_s: float = 120.0) -> str:
+        """The study's one parent run, shared by every worker: its id lives in the study's user attrs. The worker that
+        created the study creates the run; the others wait for the attr. A study made before the attr existed (it
+        already has trials) finds its run by tags, as before."""
+        rid = study.user_attrs.get(PARENT_ATTR)
+        if rid is None and created:
+            rid = self._create_parent()
+            study.set_user_attr(PARENT_ATTR, rid)
+        deadline = time.time() + wait_s
+        while rid is None and not study.get_trials(deepcopy=False) and time.time() < deadline:
+            time.sleep(0.5)  # the creating worker is between create_study and set_user_attr
+            rid = study.user_attrs.get(PARENT_ATTR)
+        if rid is None:
+            q = self.study_name.replace("'", "\\'")
+            found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'",
+                                            order_by=["attributes.start_time ASC"])
+            rid = found[0].info.run_id if found else self._create_parent()
+            study.set_user_attr(PARENT_ATTR, rid)
+        self.parent_id = rid
+        if self.client.get_run(rid).info.status != "RUNNING":
+            self.client.update_run(rid, status="RUNNING")
+        return rid
 
     def logged_metric_names(self) -> set[str]:
         """Metric keys logged by the experiment's recent pipeline runs (empty for a fresh store)."""
@@ -253,6 +287,17 @@ class StudyTracker:
         self.client.set_terminated(self.parent_id, "FINISHED")
 
 
+def contiguous(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
+    """Trials split into runs of consecutive numbers (another worker may have asked a number in between)."""
+    groups: list[list[optuna.Trial]] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if groups and groups[-1][-1].number + 1 == t.number:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
+
+
 # --------------------------------------------------------------------------------------------------------- sweeper
 class TradeoffSweeper:
     """Optuna sweeper with early checks, resume to ``n_trials`` complete trials, MLflow study runs, progress.
@@ -261,7 +306,9 @@ class TradeoffSweeper:
 
     def __init__(self, *, sampler: Any, direction: Any, storage: Any | None = None, study_name: str | None = None,
                  n_trials: int = 20, n_jobs: int = 2, max_failure_rate: float = 0.0,
-                 custom_search_space: str | None = None, params: DictConfig | None = None) -> None:
+                 custom_search_space: str | None = None, params: DictConfig | None = None,
+                 heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 1,
+                 poll_seconds: float = 2.0) -> None:
         if not 0.0 <= float(max_failure_rate) <= 1.0:
             raise SweepConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: must be in [0, 1]")
         self.sampler = instantiate(sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*",
@@ -271,7 +318,39 @@ class TradeoffSweeper:
         self.extend_space = instantiate({"_target_": custom_search_space, "_partial_": True}) \
             if custom_search_space else None
         self.params = params if params is not None else OmegaConf.create({})
+        self.heartbeat_interval, self.grace_period = int(heartbeat_interval), int(grace_period)
+        self.max_retry, self.poll_seconds = int(max_retry), float(poll_seconds)
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise SweepConfigError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period="
+                                   f"{grace_period}: need heartbeat_interval >= 1 and grace_period > heartbeat_interval")
         self.job_idx = 0
+
+    def make_storage(self) -> optuna.storages.BaseStorage | None:
+        """The study's storage: an RDB storage with heartbeats and one retry of a killed trial (None: in memory)."""
+        if self.storage is None:
+            return None
+        ensure_sqlite_dir(self.storage)
+        self.rdb = optuna.storages.RDBStorage(
+            str(self.storage), heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry))
+        return self.rdb
+
+    def open_study(self, name: str, directions: list[str]) -> tuple[optuna.Study, bool]:
+        """Create the study, or load it when another worker (or an earlier invocation) did; True when created here."""
+        storage = self.make_storage()
+        try:
+            return optuna.create_study(study_name=name, storage=storage, sampler=self.sampler,
+                                       directions=directions), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        except ValueError as e:
+            raise SweepConfigError(f"study {name!r} in {redact(self.storage)}: {e}") from None
+        study = optuna.load_study(study_name=name, storage=storage, sampler=self.sampler)
+        if [d.name.lower() for d in study.directions] != directions:
+            raise SweepConfigError(f"study {name!r} exists with directions "
+                                   f"{[d.name.lower() for d in study.directions]}, not {directions}: use another "
+                                   "hydra.sweeper.study_name")
+        return study, False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
@@ -375,81 +454,128 @@ class TradeoffSweeper:
         directions = self._get_directions()
         names = self.objectives() or [f"objective_{i}" for i in range(len(directions))]
         name = self.study_name or f"{self.config.hydra.job.config_name}-{OmegaConf.select(self.config, 'data.name')}"
-        ensure_sqlite_dir(self.storage)
         tracker = StudyTracker(self.config, name) if OmegaConf.select(self.config, "tracking.uri") else None
         if tracker is not None:
             self.check_objectives_logged(tracker.logged_metric_names())
-        try:
-            study = optuna.create_study(study_name=name, storage=self.storage, sampler=self.sampler,
-                                        directions=directions, load_if_exists=True)
-        except ValueError as e:
-            raise SweepConfigError(f"study {name!r} in {redact(self.storage)}: {e} (use another "
-                                   "hydra.sweeper.study_name for different objectives)") from None
-        if list(study.directions) and [d.name.lower() for d in study.directions] != directions:
-            raise SweepConfigError(f"study {name!r} exists with directions "
-                                   f"{[d.name.lower() for d in study.directions]}, not {directions}: use another "
-                                   "hydra.sweeper.study_name")
-        requeued = self.requeue_interrupted(study)
-        n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        to_go = max(0, self.n_trials - n_done)
-        print(f"[sweep] study {name!r} in {redact(self.storage)}: {n_done} complete, {requeued} interrupted "
-              f"re-queued; running {to_go} trial(s) to reach n_trials={self.n_trials} "
+        study, created = self.open_study(name, directions)
+        if not created:  # another worker (or an earlier invocation) uses the same seed: draw other points than it
+            self.sampler.reseed_rng()
+        if tracker is not None:
+            tracker.attach(study, created)
+        self.fail_stale(study)
+        n = self.counts(study)
+        print(f"[sweep] study {name!r} in {redact(self.storage)}: {n['COMPLETE']} complete, {n['RUNNING']} running "
+              f"(other workers, or killed: re-queued once after {self.grace_period}s without a heartbeat), "
+              f"{n['WAITING']} queued; this worker runs trials until n_trials={self.n_trials} are complete "
               f"({self.n_jobs} at a time); objectives {dict(zip(names, directions))}", flush=True)
-        while to_go > 0:
-            batch = min(to_go, self.n_jobs)
-            trials = [study.ask(fixed_distributions=space) for _ in range(batch)]
-            overrides = self._configure_trials(trials, fixed, fixed_over)
-            t0 = time.perf_counter()
-            try:
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException as e:
-                for t in trials:
-                    study.tell(t, state=TrialState.FAIL)
-                if isinstance(e, SystemExit):
-                    raise SweepConfigError(f"a trial's job exited with status {e.code} (its error is printed above); "
-                                           f"trials {[t.number for t in trials]} marked failed") from None
-                raise
-            seconds = time.perf_counter() - t0
-            failures = []
-            for trial, ret in zip(trials, returns):
-                state, values = TrialState.COMPLETE, None
-                try:
-                    rv = ret.return_value
-                    values = [float(v) for v in (rv if isinstance(rv, (list, tuple)) else [rv])]
-                    if len(values) != len(directions):
-                        raise SweepConfigError(f"the job returned {len(values)} value(s) for {len(directions)} "
-                                               f"directions: objectives={names}")
-                except Exception as e:  # noqa: BLE001 - the job's own error, kept for the failure report
-                    state, values = TrialState.FAIL, None
-                    failures.append(e)
-                    log.warning(f"trial {trial.number} failed: {e}")
-                if tracker is not None:
-                    hc = ret.hydra_cfg.hydra if ret.hydra_cfg is not None else self.config.hydra
-                    rid = tracker.tag_trial(str(hc.sweep.dir), int(hc.job.num), trial)
-                    if rid:
-                        trial.set_user_attr("mlflow_run_id", rid)
-                study.tell(trial, state=state, values=values)
-                self.progress(study, trial, values, names, directions, seconds)
-            self.job_idx += len(returns)
-            if len(failures) / len(returns) > self.max_failure_rate:
-                if tracker is not None:
-                    tracker.log_study(study, names, directions, Path(self.config.hydra.sweep.dir) / "pareto",
-                                      exprs, self.storage)
-                raise SweepConfigError(f"{len(failures)} of {len(returns)} trial(s) failed (max_failure_rate="
-                                       f"{self.max_failure_rate}): {failures[0]}") from failures[0]
-            to_go -= batch
+        while True:
+            self.fail_stale(study)
+            n = self.counts(study)
+            if n["COMPLETE"] >= self.n_trials:
+                break
+            free = self.n_trials - n["COMPLETE"] - n["RUNNING"]
+            if free <= 0:  # the remaining trials run on other workers: wait for them (or for one to go stale)
+                time.sleep(self.poll_seconds)
+                continue
+            asked = [study.ask(fixed_distributions=space) for _ in range(min(free, self.n_jobs))]
+            trials = self.drop_surplus(study, asked)
+            for group in contiguous(trials):
+                self.run_trials(study, group, fixed, fixed_over, names, directions, tracker, exprs)
         self.finish(study, names, directions, tracker, exprs)
 
-    def requeue_interrupted(self, study: optuna.Study) -> int:
-        """Trials left RUNNING by a killed invocation: mark them failed and queue their params to run again.
-        (Do not run two invocations on one study at the same time: each would take the other's trials as killed.)"""
-        n = 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(t.number, state=TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            n += 1
-        return n
+    @staticmethod
+    def counts(study: optuna.Study) -> dict[str, int]:
+        return {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Trials whose worker stopped sending heartbeats -> FAIL, and their params re-queued (max_retry times)."""
+        if self.storage is not None:
+            optuna.storages.fail_stale_trials(study)
+
+    def drop_surplus(self, study: optuna.Study, asked: list[optuna.Trial]) -> list[optuna.Trial]:
+        """Trials asked in a race between workers beyond n_trials: told FAIL unrun (user attr ``surplus``). A trial is
+        surplus when n_trials complete or running trials have smaller numbers: every worker decides alike."""
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                                 TrialState.RUNNING)))
+        keep = []
+        for trial in asked:
+            if sum(1 for x in live if x < trial.number) >= self.n_trials:
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                keep.append(trial)
+        return keep
+
+    @contextmanager
+    def heartbeats(self, study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None]:
+        """Send the trials' heartbeats while their jobs run. ``study.optimize`` does this itself; ask/tell (which the
+        Hydra launcher needs: a batch of jobs at once) has no public hook, so the storage's ``record_heartbeat`` is
+        called here with the trial's storage id."""
+        storage = getattr(self, "rdb", None)  # built in make_storage
+        if storage is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.is_set():
+                for t in trials:
+                    storage.record_heartbeat(t._trial_id)  # noqa: SLF001
+                stop.wait(self.heartbeat_interval)
+
+        thread = threading.Thread(target=beat, daemon=True, name="optuna-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def run_trials(self, study: optuna.Study, trials: list[optuna.Trial], fixed: dict[str, Any],
+                   fixed_over: list[str], names: Sequence[str], directions: Sequence[str],
+                   tracker: StudyTracker | None, exprs: dict[str, str]) -> None:
+        """Launch one batch (consecutive trial numbers: job number = trial number, so that workers sharing a sweep dir
+        never share a job dir), tell Optuna the results, nest the runs under the study's parent run."""
+        overrides = self._configure_trials(trials, fixed, fixed_over)
+        t0 = time.perf_counter()
+        try:
+            with self.heartbeats(study, trials):
+                returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+        except BaseException as e:
+            for t in trials:
+                study.tell(t, state=TrialState.FAIL)
+            if isinstance(e, SystemExit):
+                raise SweepConfigError(f"a trial's job exited with status {e.code} (its error is printed above); "
+                                       f"trials {[t.number for t in trials]} marked failed") from None
+            raise
+        seconds = time.perf_counter() - t0
+        failures = []
+        for trial, ret in zip(trials, returns):
+            state, values = TrialState.COMPLETE, None
+            try:
+                rv = ret.return_value
+                values = [float(v) for v in (rv if isinstance(rv, (list, tuple)) else [rv])]
+                if len(values) != len(directions):
+                    raise SweepConfigError(f"the job returned {len(values)} value(s) for {len(directions)} "
+                                           f"directions: objectives={names}")
+            except Exception as e:  # noqa: BLE001 - the job's own error, kept for the failure report
+                state, values = TrialState.FAIL, None
+                failures.append(e)
+                log.warning(f"trial {trial.number} failed: {e}")
+            if tracker is not None:
+                hc = ret.hydra_cfg.hydra if ret.hydra_cfg is not None else self.config.hydra
+                rid = tracker.tag_trial(str(hc.sweep.dir), int(hc.job.num), trial)
+                if rid:
+                    trial.set_user_attr("mlflow_run_id", rid)
+            study.tell(trial, state=state, values=values)
+            self.progress(study, trial, values, names, directions, seconds)
+        self.job_idx += len(returns)
+        if len(failures) / len(returns) > self.max_failure_rate:
+            if tracker is not None:
+                tracker.log_study(study, names, directions, Path(self.config.hydra.sweep.dir) / "pareto",
+                                  exprs, self.storage)
+            raise SweepConfigError(f"{len(failures)} of {len(returns)} trial(s) failed (max_failure_rate="
+                                   f"{self.max_failure_rate}): {failures[0]}") from failures[0]
 
     def progress(self, study: optuna.Study, trial: optuna.Trial, values: list[float] | None, names: Sequence[str],
                  directions: Sequence[str], seconds: float) -> None:
