@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset
 
 from recsys.data.config import parse_data_cfg
 from recsys.data.readers import read_csv_interactions, read_movielens
+from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.sources import resolve_files, sha256_files
 from recsys.errors import ConfigError
 
@@ -244,19 +245,22 @@ class SessionParallelBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def sessions_for(self, epoch: int) -> np.ndarray:
-        """Indices of the sessions used in ``epoch``, in order."""
+    def sessions_for(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """Indices of the sessions used in ``epoch`` (rank ``rank``'s strided share under DDP), in order."""
         if self.data_fraction >= 1.0:
-            return self.usable
-        rng = np.random.default_rng([self.seed, epoch, 7])
-        k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
-        return np.sort(rng.choice(self.usable, size=min(k, len(self.usable)), replace=False))
+            order = self.usable
+        else:
+            rng = np.random.default_rng([self.seed, epoch, 7])
+            k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
+            order = np.sort(rng.choice(self.usable, size=min(k, len(self.usable)), replace=False))
+        return order[shard(len(order), rank, world)] if world > 1 else order
 
-    def plan(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(click positions, reset mask) of every step of ``epoch`` (index arithmetic only)."""
-        order = self.sessions_for(epoch)
+    def plan(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(click positions, reset mask) of every step of ``epoch`` (index arithmetic only); under DDP, of this rank's
+        sessions, ``batch_size / world`` side by side."""
+        order = self.sessions_for(epoch, rank, world)
         off = self.s.offsets
-        b = self.batch_size
+        b = min(rank_batch(self.batch_size, world), len(order))
         cur, end = off[order[:b]].copy(), off[order[:b] + 1].copy()
         nxt, reset = b, np.ones(b, dtype=bool)
         while True:
@@ -274,12 +278,22 @@ class SessionParallelBatches(IterableDataset):
         """Steps (of ``batch_size`` events each) in ``epoch``."""
         return sum(1 for _ in self.plan(epoch))
 
+    def rank_steps(self, epoch: int, world: int) -> int:
+        """Steps every rank runs in ``epoch``: the fewest of any rank's share (all of them with one process)."""
+        if world == 1:
+            return self.n_steps(epoch)
+        return min(sum(1 for _ in self.plan(epoch, r, world)) for r in range(world))
+
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        rng = np.random.default_rng([self.seed, epoch])
+        rank, world = rank_world()
+        rng = np.random.default_rng([self.seed, epoch] + ([1 + rank] if world > 1 else []))
         items = torch.from_numpy(self.s.items)
-        for pos, reset in self.plan(epoch):
+        steps = self.rank_steps(epoch, world)
+        for step, (pos, reset) in enumerate(self.plan(epoch, rank, world)):
+            if step >= steps:  # every rank stops at the shortest rank's step count (DDP needs equal steps)
+                return
             p = torch.from_numpy(pos)
             neg = np.searchsorted(self.cdf, rng.random(self.n_sample)).clip(max=self.n_items - 1)
             yield items[p], items[p + 1], torch.from_numpy(reset), torch.from_numpy(neg.astype(np.int64))
