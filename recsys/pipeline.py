@@ -84,7 +84,10 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | No
     # use_cache=false retrains and refreshes the same entry.
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
                  if v is not None and k != "use_cache"}
-    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed)
+    parts = ["dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed]
+    if OmegaConf.select(cfg, "trainer.strategy") == "ddp":  # DDP-trained weights differ (rank shards): own entry
+        parts.append({"ddp_devices": OmegaConf.select(cfg, "trainer.devices")})
+    key = cache_key(*parts)
     path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):

@@ -34,257 +34,35 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from collections.abc import Iterator, MutableSequence, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from recsys.errors import ConfigError
+from recsys.sweep_space import SweepConfigError, corner_overrides, create_params_from_overrides, job_config, parse_space
+from recsys.sweep_tracking import StudyTracker, fmt_value, redact
 
 log = logging.getLogger(__name__)
 # fail_stale_trials is marked experimental, and Optuna warns that heartbeats are meant for Study.optimize: this sweeper
 # sends them itself around each ask/tell batch (TradeoffSweeper.heartbeats), which is the same contract.
 warnings.filterwarnings("ignore", message=r".*fail_stale_trials.*", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message=r".*Heartbeat of storage is supposed to be used with Study.optimize.*")
-STUDY_TAG = "optuna_study"
-PARENT_ATTR = "mlflow_parent_run_id"
-KIND_TAG = "recsys.kind"
 METRIC_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
-class SweepConfigError(ConfigError):
-    """A search space, objective or study setting that cannot work; raised before any trial runs."""
-
-
-# ------------------------------------------------------------------------------------------- search-space parsing
-def distribution_of(override: Override) -> BaseDistribution | str:
-    """Hydra sweep syntax -> an Optuna distribution (a plain value -> its string): ``choice(...)`` and shuffled or
-    transformed ranges -> categorical; ``range(a, b, step)`` -> int/float with step (Hydra's stop is exclusive,
-    Optuna's high is inclusive); ``interval(a, b)`` -> uniform, ``tag(log, interval(a, b))`` -> log-uniform."""
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    value = override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and (value.shuffle or value.transformers)):
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator(transformer=Transformer.encode))
-        if not values:
-            raise ValueError("empty range: a range sweep must contain at least one value")
-        step = abs(float(value.step))
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return IntDistribution(min(values), max(values), step=int(step))
-        return FloatDistribution(float(min(values)), float(max(values)), step=step)
-    if override.is_interval_sweep():
-        log, lo, hi = "log" in value.tags, value.start, value.end
-        if isinstance(lo, int) and isinstance(hi, int):
-            return IntDistribution(int(lo), int(hi), log=log)
-        return FloatDistribution(float(lo), float(hi), log=log)
-    raise NotImplementedError(f"{override.input_line}: this sweep syntax has no Optuna distribution")
-
-
-def create_params_from_overrides(arguments: list[str]
-                                 ) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
-    """Overrides -> (search space, fixed values, delete overrides kept verbatim), through Hydra's public parser."""
-    space: dict[str, BaseDistribution] = {}
-    fixed: dict[str, Any] = {}
-    kept: list[str] = []
-    for override in OverridesParser.create().parse_overrides(arguments):
-        if override.is_delete():
-            kept.append(str(override.input_line))
-            continue
-        value = distribution_of(override)
-        if isinstance(value, BaseDistribution):
-            space[override.get_key_element()] = value
-        else:
-            fixed[override.get_key_element()] = value
-    return space, fixed, kept
-
-
-# --------------------------------------------------------------------------------------------- search-space checks
-def parse_space(params: dict[str, str]) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
-    """``hydra.sweeper.params`` -> Optuna distributions; every problem is named by its key, all reported at once."""
-    problems = []
-    for key, expr in params.items():
-        try:
-            dists, _, _ = create_params_from_overrides([f"{key}={expr}"])
-        except Exception as e:  # noqa: BLE001 - Hydra's parser and Optuna raise several types
-            problems.append(f"search space {key}={expr}: {empty_hint(e)}")
-            continue
-        for d in dists.values():
-            if isinstance(d, (FloatDistribution, IntDistribution)) and d.low >= d.high:
-                problems.append(f"search space {key}={expr}: empty range (low {d.low} >= high {d.high}); "
-                                "give low < high, or set a single value as a plain override")
-            if isinstance(d, CategoricalDistribution) and len(d.choices) < 2:
-                problems.append(f"search space {key}={expr}: choice of {len(d.choices)} value(s); "
-                                "a search needs at least two")
-    if problems:
-        raise SweepConfigError("bad search space (hydra.sweeper.params or a sweep on the command line):\n  - "
-                               + "\n  - ".join(problems))
-    if not params:
-        raise SweepConfigError("empty search space: set hydra.sweeper.params (e.g. in conf/hparams_search/*.yaml)")
-    return create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
-
-
-def empty_hint(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "low <= high" in msg or "smaller than or equal" in msg or "at least one value" in msg or "empty" in msg.lower():
-        return f"empty range ({msg})"
-    return msg
-
-
-def corner_overrides(space: dict[str, BaseDistribution]) -> list[list[str]]:
-    """Two trials that between them touch both ends of every range (first / last choice)."""
-    lows, highs = [], []
-    for key, d in space.items():
-        if isinstance(d, CategoricalDistribution):
-            lo, hi = d.choices[0], d.choices[-1]
-        else:
-            lo, hi = d.low, d.high
-        lows.append(f"{key}={lo}")
-        highs.append(f"{key}={hi}")
-    return [lows, highs]
-
-
-def job_config(cfg: DictConfig) -> dict[str, Any] | None:
-    """The resolved job part of a composed sweep config (no ``hydra`` node), or None if it cannot be resolved here."""
-    c = OmegaConf.to_container(cfg, resolve=False)
-    c.pop("hydra", None)
-    try:
-        return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
-    except Exception:  # noqa: BLE001 - e.g. an interpolation into hydra.*; the job will resolve it itself
-        return None
-
-
 # ------------------------------------------------------------------------------------------------------- helpers
-def redact(url: str | None) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(url))
-
-
 def ensure_sqlite_dir(url: str | None) -> None:
     if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-
-
-def fmt_value(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-
-
-def trial_values_table(study: optuna.Study, names: Sequence[str], front: Sequence[optuna.trial.FrozenTrial]):
-    """The Pareto front as a DataFrame: trial, MLflow run, params, objective values (as returned = as logged)."""
-    import pandas as pd
-
-    rows = []
-    for t in sorted(front, key=lambda t: t.number):
-        row: dict[str, Any] = {"trial": t.number, "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
-        row.update({f"params.{k}": v for k, v in t.params.items()})
-        row.update(dict(zip(names, t.values)))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-class StudyTracker:
-    """The MLflow side of a study: a parent run, tags on trial runs, the Pareto front artifacts."""
-
-    def __init__(self, cfg: DictConfig, study_name: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from recsys.tracking import init_store, normalise_uri
-
-        self.uri = normalise_uri(str(cfg.tracking.uri))
-        self.exp_id = init_store(self.uri, str(cfg.tracking.experiment),
-                                 OmegaConf.select(cfg, "tracking.artifact_location"))
-        self.client = MlflowClient(self.uri)
-        self.study_name = study_name
-        self.parent_id = ""
-
-    def _create_parent(self) -> str:
-        run = self.client.create_run(self.exp_id, run_name=f"study {self.study_name}",
-                                     tags={STUDY_TAG: self.study_name, KIND_TAG: "study"})
-        return run.info.run_id
-
-    def attach(self, study: optuna.Study, created: bool, wait_s: float = 120.0) -> str:
-        """The study's one parent run, shared by every worker: its id lives in the study's user attrs. The worker that
-        created the study creates the run; the others wait for the attr. A study made before the attr existed (it
-        already has trials) finds its run by tags, as before."""
-        rid = study.user_attrs.get(PARENT_ATTR)
-        if rid is None and created:
-            rid = self._create_parent()
-            study.set_user_attr(PARENT_ATTR, rid)
-        deadline = time.time() + wait_s
-        while rid is None and not study.get_trials(deepcopy=False) and time.time() < deadline:
-            time.sleep(0.5)  # the creating worker is between create_study and set_user_attr
-            rid = study.user_attrs.get(PARENT_ATTR)
-        if rid is None:
-            q = self.study_name.replace("'", "\\'")
-            found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'",
-                                            order_by=["attributes.start_time ASC"])
-            rid = found[0].info.run_id if found else self._create_parent()
-            study.set_user_attr(PARENT_ATTR, rid)
-        self.parent_id = rid
-        if self.client.get_run(rid).info.status != "RUNNING":
-            self.client.update_run(rid, status="RUNNING")
-        return rid
-
-    def logged_metric_names(self) -> set[str]:
-        """Metric keys logged by the experiment's recent pipeline runs (empty for a fresh store)."""
-        runs = self.client.search_runs([self.exp_id], max_results=50, order_by=["attributes.start_time DESC"])
-        return {k for r in runs if r.data.tags.get(KIND_TAG) is None for k in r.data.metrics}
-
-    def tag_trial(self, sweep_dir: str, job_num: int, trial: optuna.trial.FrozenTrial | optuna.Trial) -> str | None:
-        """Find the run the job logged (tags sweep_dir + job_num), tag it with the study and nest it under the parent."""
-        q = sweep_dir.replace("'", "\\'")
-        runs = self.client.search_runs([self.exp_id], f"tags.sweep_dir = '{q}' and tags.job_num = '{job_num}'")
-        if not runs:
-            return None
-        rid = runs[0].info.run_id
-        tags = {STUDY_TAG: self.study_name, "optuna_trial": trial.number, "mlflow.parentRunId": self.parent_id}
-        for k, v in tags.items():
-            self.client.set_tag(rid, k, str(v))
-        return rid
-
-    def log_study(self, study: optuna.Study, names: Sequence[str], directions: Sequence[str], out_dir: Path,
-                  space: dict[str, str], storage: str | None) -> None:
-        """Pareto front table + plot and study counts on the parent run."""
-        import matplotlib.pyplot as plt
-
-        from recsys.report.plots import study_front
-
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not self.client.get_run(self.parent_id).data.params:  # params are write-once: the first invocation's
-            for k, v in {"objectives": ",".join(names), "directions": ",".join(directions), "storage": redact(storage),
-                         **{f"space.{k}": v for k, v in space.items()}}.items():
-                self.client.log_param(self.parent_id, k, str(v)[:6000])
-        counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-        for k, v in counts.items():
-            self.client.log_metric(self.parent_id, f"study/n_{k}", v)
-        if done:
-            front = study.best_trials
-            table = trial_values_table(study, names, front)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            table.to_csv(out_dir / "pareto_front.csv", index=False)
-            md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
-                  "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-            md += ["| " + " | ".join(fmt_value(v) if isinstance(v, float) else str(v) for v in row) + " |"
-                   for row in table.itertuples(index=False)]
-            (out_dir / "pareto_front.md").write_text("\n".join(md) + "\n")
-            fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
-                              title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
-            fig.savefig(out_dir / "pareto_front.png", dpi=110)
-            plt.close(fig)
-            self.client.log_metric(self.parent_id, "study/n_pareto", len(front))
-            self.client.log_artifacts(self.parent_id, str(out_dir), "pareto")
-        self.client.set_terminated(self.parent_id, "FINISHED")
 
 
 def contiguous(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:

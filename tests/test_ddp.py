@@ -123,3 +123,42 @@ def test_two_process_ddp_matches_single_process_hr(shared_data_dir, tmp_path):
     print(f"HR@10 single {hr['single']:.4f} ddp {hr['ddp']:.4f}; wall s single {seconds['single']:.0f} "
           f"ddp {seconds['ddp']:.0f}")
     assert hr["ddp"] > 0.3 and abs(hr["ddp"] - hr["single"]) <= 0.05
+
+
+SMALL = ["train.epochs=1", "trainer.enable_progress_bar=false", "tracking.log_model=false", "bench.requests=20",
+         "bench.warmup=2", "bench.full_catalogue_requests=2", "bench.throughput_repeats=1", "bench.throughput_batch=64",
+         "eval.full_ranking=false", "trainer.strategy=ddp", "trainer.devices=2"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("family,job", [
+    ("ctr", ["model=deepfm", "data=ml-100k", "train.batch_size=2048"]),
+    ("session", ["model=gru4rec", "data=yoochoose", "model.hidden_size=16", "model.n_sample=64", "model.batch_size=64",
+                 "train.optimizer=adagrad", "train.lr=0.05"]),
+    ("ranking", ["model=neumf", "data=ml-100k", "model.factors=4", "model.mlp_layers=[8,4]", "train.batch_size=4096",
+                 "prune=magnitude", "finetune.epochs=1"]),
+])
+def test_ddp_job_of_each_family_lands_one_run(family, job, shared_data_dir, tmp_path):
+    """Each family trains under 2 gloo ranks and the job logs one FINISHED run; for ranking, weight pruning + a
+    fine-tuning stage under DDP too, and a second job reuses the dense cache written once by the job's process."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "RECSYS_DATA_DIR": str(shared_data_dir), "RECSYS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("RECSYS_TRACKING_URI", None)
+    n_jobs = 2 if family == "ranking" else 1
+    for k in range(n_jobs):
+        p = subprocess.run([sys.executable, "run.py", *job, *SMALL, f"hydra.run.dir={tmp_path}/out{k}"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-4000:]
+        if k == 0:
+            assert "distributed_backend=gloo" in p.stdout + p.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("recsys-compress").experiment_id])
+    assert len(runs) == n_jobs and all(r.info.status == "FINISHED" for r in runs)
+    m = runs[-1].data.metrics
+    assert m["dense/epochs_run"] == 1.0 and m["dense/cache_hit"] == 0.0
+    if family == "ranking":
+        assert runs[0].data.metrics["dense/cache_hit"] == 1.0
+        assert len(list((tmp_path / ".cache" / "dense").glob("*.pt"))) == 1
+        assert runs[0].data.metrics["finetuned/epochs_run"] == 1.0
+        assert 0.0 < runs[0].data.metrics["final/hr_at_10"] <= 1.0
