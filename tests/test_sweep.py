@@ -100,7 +100,9 @@ def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path):
     second = run_sweep(tmp_path, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", n_trials=4,
                        tag="second")
     out = second.stdout
-    assert f"{len(before)} complete, {len(running)} running" in out
+    # the killed trial is still RUNNING at the start, or already failed and queued (a slow start outlasts grace_period)
+    assert (f"{len(before)} complete, {len(running)} running" in out
+            or (f"{len(before)} complete, 0 running" in out and f"{len(running)} queued" in out)), out[:2000]
     study = optuna.load_study(study_name=STUDY, storage=storage(tmp_path))
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(done) == 4
