@@ -255,11 +255,19 @@ class TradeoffSweeper:
             if free <= 0:  # the remaining trials run on other workers: wait for them (or for one to go stale)
                 time.sleep(self.poll_seconds)
                 continue
-            asked = [study.ask(fixed_distributions=space) for _ in range(min(free, self.n_jobs))]
+            asked = [self.ask(study, space) for _ in range(min(free, self.n_jobs))]
             trials = self.drop_surplus(study, asked)
             for group in contiguous(trials):
                 self.run_trials(study, group, fixed, fixed_over, names, directions, tracker, exprs)
         self.finish(study, names, directions, tracker, exprs)
+
+    def ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.Trial:
+        """``study.ask`` plus a first heartbeat at once: a trial with no heartbeat never goes stale, so a worker killed
+        before its heartbeat thread started would leave it RUNNING for ever."""
+        trial = study.ask(fixed_distributions=space)
+        if getattr(self, "rdb", None) is not None:
+            self.rdb.record_heartbeat(trial._trial_id)  # noqa: SLF001 - see heartbeats()
+        return trial
 
     @staticmethod
     def counts(study: optuna.Study) -> dict[str, int]:
