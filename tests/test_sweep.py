@@ -136,8 +136,9 @@ def test_killed_sweep_resumes_without_redoing_finished_trials(tmp_path):
     assert parent[0].data.metrics["study/n_complete"] == 4
     # asking again for the same n_trials runs nothing
     third = run_sweep(tmp_path, n_trials=4, tag="third")
-    assert "running 0 trial(s)" in third.stdout
+    assert "4 complete, 0 running" in third.stdout and "[sweep] trial " not in third.stdout
     assert n_complete(tmp_path) == 4
+    assert len(optuna.load_study(study_name=STUDY, storage=storage(tmp_path)).trials) == 5  # 4 + the killed one
 
 
 @pytest.mark.parametrize("extra,needles", [
