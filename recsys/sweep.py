@@ -50,6 +50,7 @@ from optuna.trial import TrialState
 from recsys.errors import ConfigError
 from recsys.sweep_space import SweepConfigError, corner_overrides, create_params_from_overrides, job_config, parse_space
 from recsys.sweep_tracking import StudyTracker, fmt_value, redact
+from recsys.tracking import short_number
 
 log = logging.getLogger(__name__)
 # fail_stale_trials is marked experimental, and Optuna warns that heartbeats are meant for Study.optimize: this sweeper
@@ -367,7 +368,7 @@ class TradeoffSweeper:
                  directions: Sequence[str], seconds: float) -> None:
         """One line per finished trial: k/n complete, its values, the best so far (the Pareto front when several)."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        params = ", ".join(f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        params = ", ".join(f"{k}={short_number(v)}" for k, v in trial.params.items())
         got = ", ".join(f"{n}={fmt_value(v)}" for n, v in zip(names, values)) if values else "FAILED"
         best = ""
         if done:

@@ -12,6 +12,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from recsys.tracking import short_number
+
 STUDY_TAG = "optuna_study"
 KIND_TAG = "recsys.kind"
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -55,8 +57,10 @@ class StudyTracker:
         self.parent_id = ""
 
     def _create_parent(self) -> str:
+        from recsys.lifecycle import identity
+
         run = self.client.create_run(self.exp_id, run_name=f"study {self.study_name}",
-                                     tags={STUDY_TAG: self.study_name, KIND_TAG: "study"})
+                                     tags={STUDY_TAG: self.study_name, KIND_TAG: "study", **identity()})
         return run.info.run_id
 
     def attach(self, study: optuna.Study, created: bool, wait_s: float = 120.0) -> str:
@@ -80,6 +84,10 @@ class StudyTracker:
         self.parent_id = rid
         if self.client.get_run(rid).info.status != "RUNNING":
             self.client.update_run(rid, status="RUNNING")
+        from recsys.lifecycle import identity
+
+        for k, v in identity().items():   # this launcher now owns it: reaped if it dies (tracking.reap_dead_runs)
+            self.client.set_tag(rid, k, v)
         return rid
 
     def logged_metric_names(self) -> set[str]:
@@ -121,10 +129,12 @@ class StudyTracker:
             table.to_csv(out_dir / "pareto_front.csv", index=False)
             md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
                   "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-            md += ["| " + " | ".join(fmt_value(v) if isinstance(v, float) else str(v) for v in row) + " |"
+            md += ["| " + " | ".join((short_number(v) if c.startswith("params.") else fmt_value(v))
+                                     if isinstance(v, float) else str(v) for c, v in zip(table.columns, row)) + " |"
                    for row in table.itertuples(index=False)]
             (out_dir / "pareto_front.md").write_text("\n".join(md) + "\n")
             fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
+                              params=[t.params for t in done],
                               title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
             fig.savefig(out_dir / "pareto_front.png", dpi=110)
             plt.close(fig)
