@@ -100,7 +100,10 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | No
     # use_cache=false retrains and refreshes the same entry; the divergence guard only stops runs that are never cached.
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
                  if v is not None and k not in ("use_cache", "divergence_factor")}
-    key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed)
+    parts = ["dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed]
+    if OmegaConf.select(cfg, "trainer.strategy") == "ddp":  # DDP-trained weights differ (rank shards): own entry
+        parts.append({"ddp_devices": OmegaConf.select(cfg, "trainer.devices")})
+    key = cache_key(*parts)
     path = dense_cache_path(cfg, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=6 * 3600):

@@ -4,9 +4,15 @@
 - checks before any trial runs: every search-space key exists in the job config (Hydra composes a trial at both ends
   of every range, and the project's config checks run on it), no range is empty, one direction per objective, and
   objectives that the store's runs do not log are named;
-- resume: ``n_trials`` is the number of *complete* trials the study should hold; a second invocation with the same
-  study runs only the missing ones, and re-queues the trials a killed invocation left RUNNING (their params again);
-- MLflow: a parent run per study (tag ``recsys.kind=study``); each trial's run gets tags ``optuna_study``,
+- resume and many workers: ``n_trials`` is the number of *complete* trials the study should hold, in total over every
+  worker (process or machine) running the same command on the same RDB storage; a worker asks for a trial only while
+  complete + running < n_trials, and a trial asked in a race beyond that is told FAIL unrun (user attr ``surplus``), so
+  none runs twice and the study ends with exactly n_trials complete. Running trials send Optuna heartbeats; a trial
+  whose worker was killed goes stale after ``grace_period`` s, ``optuna.storages.fail_stale_trials`` marks it FAIL and
+  ``RetryHeartbeatStaleTrialCallback(max_retry)`` re-queues its params once (any worker runs the retry);
+- MLflow: one parent run per study (tag ``recsys.kind=study``), its id kept in the study's user attr
+  ``mlflow_parent_run_id``: the worker whose ``create_study`` wins (the storage's unique study name makes that atomic)
+  creates the run, the others wait for the attr; each trial's run gets tags ``optuna_study``,
   ``optuna_trial`` and ``mlflow.parentRunId`` (the UI nests it under the study); the Pareto front is logged on the
   parent as ``pareto/pareto_front.{md,csv,png}``;
 - progress: one line per finished trial (trial k/n, objective values, Pareto front / best so far).
@@ -25,241 +31,50 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
-from collections.abc import MutableSequence, Sequence
+import warnings
+from collections.abc import Iterator, MutableSequence, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from recsys.errors import ConfigError
-from recsys.fileio import atomic_path, write_csv, write_text
-from recsys.provenance import with_provenance
+from recsys.sweep_space import SweepConfigError, corner_overrides, create_params_from_overrides, job_config, parse_space
+from recsys.sweep_tracking import StudyTracker, fmt_value, redact
 from recsys.tracking import short_number
 
 log = logging.getLogger(__name__)
-STUDY_TAG = "optuna_study"
-KIND_TAG = "recsys.kind"
+# fail_stale_trials is marked experimental, and Optuna warns that heartbeats are meant for Study.optimize: this sweeper
+# sends them itself around each ask/tell batch (TradeoffSweeper.heartbeats), which is the same contract.
+warnings.filterwarnings("ignore", message=r".*fail_stale_trials.*", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message=r".*Heartbeat of storage is supposed to be used with Study.optimize.*")
 METRIC_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
-class SweepConfigError(ConfigError):
-    """A search space, objective or study setting that cannot work; raised before any trial runs."""
-
-
-# ------------------------------------------------------------------------------------------- search-space parsing
-def distribution_of(override: Override) -> BaseDistribution | str:
-    """Hydra sweep syntax -> an Optuna distribution (a plain value -> its string): ``choice(...)`` and shuffled or
-    transformed ranges -> categorical; ``range(a, b, step)`` -> int/float with step (Hydra's stop is exclusive,
-    Optuna's high is inclusive); ``interval(a, b)`` -> uniform, ``tag(log, interval(a, b))`` -> log-uniform."""
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    value = override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and (value.shuffle or value.transformers)):
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator(transformer=Transformer.encode))
-        if not values:
-            raise ValueError("empty range: a range sweep must contain at least one value")
-        step = abs(float(value.step))
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return IntDistribution(min(values), max(values), step=int(step))
-        return FloatDistribution(float(min(values)), float(max(values)), step=step)
-    if override.is_interval_sweep():
-        log, lo, hi = "log" in value.tags, value.start, value.end
-        if isinstance(lo, int) and isinstance(hi, int):
-            return IntDistribution(int(lo), int(hi), log=log)
-        return FloatDistribution(float(lo), float(hi), log=log)
-    raise NotImplementedError(f"{override.input_line}: this sweep syntax has no Optuna distribution")
-
-
-def create_params_from_overrides(arguments: list[str]
-                                 ) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
-    """Overrides -> (search space, fixed values, delete overrides kept verbatim), through Hydra's public parser."""
-    space: dict[str, BaseDistribution] = {}
-    fixed: dict[str, Any] = {}
-    kept: list[str] = []
-    for override in OverridesParser.create().parse_overrides(arguments):
-        if override.is_delete():
-            kept.append(str(override.input_line))
-            continue
-        value = distribution_of(override)
-        if isinstance(value, BaseDistribution):
-            space[override.get_key_element()] = value
-        else:
-            fixed[override.get_key_element()] = value
-    return space, fixed, kept
-
-
-# --------------------------------------------------------------------------------------------- search-space checks
-def parse_space(params: dict[str, str]) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
-    """``hydra.sweeper.params`` -> Optuna distributions; every problem is named by its key, all reported at once."""
-    problems = []
-    for key, expr in params.items():
-        try:
-            dists, _, _ = create_params_from_overrides([f"{key}={expr}"])
-        except Exception as e:  # noqa: BLE001 - Hydra's parser and Optuna raise several types
-            problems.append(f"search space {key}={expr}: {empty_hint(e)}")
-            continue
-        for d in dists.values():
-            if isinstance(d, (FloatDistribution, IntDistribution)) and d.low >= d.high:
-                problems.append(f"search space {key}={expr}: empty range (low {d.low} >= high {d.high}); "
-                                "give low < high, or set a single value as a plain override")
-            if isinstance(d, CategoricalDistribution) and len(d.choices) < 2:
-                problems.append(f"search space {key}={expr}: choice of {len(d.choices)} value(s); "
-                                "a search needs at least two")
-    if problems:
-        raise SweepConfigError("bad search space (hydra.sweeper.params or a sweep on the command line):\n  - "
-                               + "\n  - ".join(problems))
-    if not params:
-        raise SweepConfigError("empty search space: set hydra.sweeper.params (e.g. in conf/hparams_search/*.yaml)")
-    return create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
-
-
-def empty_hint(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "low <= high" in msg or "smaller than or equal" in msg or "at least one value" in msg or "empty" in msg.lower():
-        return f"empty range ({msg})"
-    return msg
-
-
-def corner_overrides(space: dict[str, BaseDistribution]) -> list[list[str]]:
-    """Two trials that between them touch both ends of every range (first / last choice)."""
-    lows, highs = [], []
-    for key, d in space.items():
-        if isinstance(d, CategoricalDistribution):
-            lo, hi = d.choices[0], d.choices[-1]
-        else:
-            lo, hi = d.low, d.high
-        lows.append(f"{key}={lo}")
-        highs.append(f"{key}={hi}")
-    return [lows, highs]
-
-
-def job_config(cfg: DictConfig) -> dict[str, Any] | None:
-    """The resolved job part of a composed sweep config (no ``hydra`` node), or None if it cannot be resolved here."""
-    c = OmegaConf.to_container(cfg, resolve=False)
-    c.pop("hydra", None)
-    try:
-        return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
-    except Exception:  # noqa: BLE001 - e.g. an interpolation into hydra.*; the job will resolve it itself
-        return None
-
-
 # ------------------------------------------------------------------------------------------------------- helpers
-def redact(url: str | None) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(url))
-
-
 def ensure_sqlite_dir(url: str | None) -> None:
     if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def fmt_value(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-
-
-def trial_values_table(study: optuna.Study, names: Sequence[str], front: Sequence[optuna.trial.FrozenTrial]):
-    """The Pareto front as a DataFrame: trial, MLflow run, params, objective values (as returned = as logged)."""
-    import pandas as pd
-
-    rows = []
-    for t in sorted(front, key=lambda t: t.number):
-        row: dict[str, Any] = {"trial": t.number, "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")}
-        row.update({f"params.{k}": v for k, v in t.params.items()})
-        row.update(dict(zip(names, t.values)))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-class StudyTracker:
-    """The MLflow side of a study: a parent run, tags on trial runs, the Pareto front artifacts."""
-
-    def __init__(self, cfg: DictConfig, study_name: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from recsys.tracking import init_store, normalise_uri
-
-        self.uri = normalise_uri(str(cfg.tracking.uri))
-        self.exp_id = init_store(self.uri, str(cfg.tracking.experiment),
-                                 OmegaConf.select(cfg, "tracking.artifact_location"))
-        self.client = MlflowClient(self.uri)
-        self.study_name = study_name
-        q = study_name.replace("'", "\\'")
-        found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'")
-        from recsys.lifecycle import identity
-
-        if found:
-            self.parent_id = found[0].info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-            for k, v in identity().items():   # this launcher now owns it: reaped if it dies (tracking.reap_dead_runs)
-                self.client.set_tag(self.parent_id, k, v)
+def contiguous(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
+    """Trials split into runs of consecutive numbers (another worker may have asked a number in between)."""
+    groups: list[list[optuna.Trial]] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if groups and groups[-1][-1].number + 1 == t.number:
+            groups[-1].append(t)
         else:
-            run = self.client.create_run(self.exp_id, run_name=f"study {study_name}",
-                                         tags={STUDY_TAG: study_name, KIND_TAG: "study", **identity()})
-            self.parent_id = run.info.run_id
-
-    def logged_metric_names(self) -> set[str]:
-        """Metric keys logged by the experiment's recent pipeline runs (empty for a fresh store)."""
-        runs = self.client.search_runs([self.exp_id], max_results=50, order_by=["attributes.start_time DESC"])
-        return {k for r in runs if r.data.tags.get(KIND_TAG) is None for k in r.data.metrics}
-
-    def tag_trial(self, sweep_dir: str, job_num: int, trial: optuna.trial.FrozenTrial | optuna.Trial) -> str | None:
-        """Find the run the job logged (tags sweep_dir + job_num), tag it with the study and nest it under the parent."""
-        q = sweep_dir.replace("'", "\\'")
-        runs = self.client.search_runs([self.exp_id], f"tags.sweep_dir = '{q}' and tags.job_num = '{job_num}'")
-        if not runs:
-            return None
-        rid = runs[0].info.run_id
-        tags = {STUDY_TAG: self.study_name, "optuna_trial": trial.number, "mlflow.parentRunId": self.parent_id}
-        for k, v in tags.items():
-            self.client.set_tag(rid, k, str(v))
-        return rid
-
-    def log_study(self, study: optuna.Study, names: Sequence[str], directions: Sequence[str], out_dir: Path,
-                  space: dict[str, str], storage: str | None) -> None:
-        """Pareto front table + plot and study counts on the parent run."""
-        import matplotlib.pyplot as plt
-
-        from recsys.report.plots import study_front
-
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not self.client.get_run(self.parent_id).data.params:  # params are write-once: the first invocation's
-            for k, v in {"objectives": ",".join(names), "directions": ",".join(directions), "storage": redact(storage),
-                         **{f"space.{k}": v for k, v in space.items()}}.items():
-                self.client.log_param(self.parent_id, k, str(v)[:6000])
-        counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-        for k, v in counts.items():
-            self.client.log_metric(self.parent_id, f"study/n_{k}", v)
-        if done:
-            front = study.best_trials
-            table = trial_values_table(study, names, front)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_csv(out_dir / "pareto_front.csv", table, index=False)
-            md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
-                  "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-            md += ["| " + " | ".join((short_number(v) if c.startswith("params.") else fmt_value(v))
-                                     if isinstance(v, float) else str(v) for c, v in zip(table.columns, row)) + " |"
-                   for row in table.itertuples(index=False)]
-            write_text(out_dir / "pareto_front.md", with_provenance("\n".join(md)))
-            fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
-                              params=[t.params for t in done], title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
-            with atomic_path(out_dir / "pareto_front.png") as tmp:
-                fig.savefig(tmp, dpi=110)
-            plt.close(fig)
-            self.client.log_metric(self.parent_id, "study/n_pareto", len(front))
-            self.client.log_artifacts(self.parent_id, str(out_dir), "pareto")
-        self.client.set_terminated(self.parent_id, "FINISHED")
+            groups.append([t])
+    return groups
 
 
 # --------------------------------------------------------------------------------------------------------- sweeper
@@ -270,7 +85,9 @@ class TradeoffSweeper:
 
     def __init__(self, *, sampler: Any, direction: Any, storage: Any | None = None, study_name: str | None = None,
                  n_trials: int = 20, n_jobs: int = 2, max_failure_rate: float = 0.0,
-                 custom_search_space: str | None = None, params: DictConfig | None = None) -> None:
+                 custom_search_space: str | None = None, params: DictConfig | None = None,
+                 heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 1,
+                 poll_seconds: float = 2.0) -> None:
         if not 0.0 <= float(max_failure_rate) <= 1.0:
             raise SweepConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: must be in [0, 1]")
         self.sampler = instantiate(sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*",
@@ -280,7 +97,39 @@ class TradeoffSweeper:
         self.extend_space = instantiate({"_target_": custom_search_space, "_partial_": True}) \
             if custom_search_space else None
         self.params = params if params is not None else OmegaConf.create({})
+        self.heartbeat_interval, self.grace_period = int(heartbeat_interval), int(grace_period)
+        self.max_retry, self.poll_seconds = int(max_retry), float(poll_seconds)
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise SweepConfigError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}, grace_period="
+                                   f"{grace_period}: need heartbeat_interval >= 1 and grace_period > heartbeat_interval")
         self.job_idx = 0
+
+    def make_storage(self) -> optuna.storages.BaseStorage | None:
+        """The study's storage: an RDB storage with heartbeats and one retry of a killed trial (None: in memory)."""
+        if self.storage is None:
+            return None
+        ensure_sqlite_dir(self.storage)
+        self.rdb = optuna.storages.RDBStorage(
+            str(self.storage), heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry))
+        return self.rdb
+
+    def open_study(self, name: str, directions: list[str]) -> tuple[optuna.Study, bool]:
+        """Create the study, or load it when another worker (or an earlier invocation) did; True when created here."""
+        storage = self.make_storage()
+        try:
+            return optuna.create_study(study_name=name, storage=storage, sampler=self.sampler,
+                                       directions=directions), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        except ValueError as e:
+            raise SweepConfigError(f"study {name!r} in {redact(self.storage)}: {e}") from None
+        study = optuna.load_study(study_name=name, storage=storage, sampler=self.sampler)
+        if [d.name.lower() for d in study.directions] != directions:
+            raise SweepConfigError(f"study {name!r} exists with directions "
+                                   f"{[d.name.lower() for d in study.directions]}, not {directions}: use another "
+                                   "hydra.sweeper.study_name")
+        return study, False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
@@ -384,81 +233,136 @@ class TradeoffSweeper:
         directions = self._get_directions()
         names = self.objectives() or [f"objective_{i}" for i in range(len(directions))]
         name = self.study_name or f"{self.config.hydra.job.config_name}-{OmegaConf.select(self.config, 'data.name')}"
-        ensure_sqlite_dir(self.storage)
         tracker = StudyTracker(self.config, name) if OmegaConf.select(self.config, "tracking.uri") else None
         if tracker is not None:
             self.check_objectives_logged(tracker.logged_metric_names())
-        try:
-            study = optuna.create_study(study_name=name, storage=self.storage, sampler=self.sampler,
-                                        directions=directions, load_if_exists=True)
-        except ValueError as e:
-            raise SweepConfigError(f"study {name!r} in {redact(self.storage)}: {e} (use another "
-                                   "hydra.sweeper.study_name for different objectives)") from None
-        if list(study.directions) and [d.name.lower() for d in study.directions] != directions:
-            raise SweepConfigError(f"study {name!r} exists with directions "
-                                   f"{[d.name.lower() for d in study.directions]}, not {directions}: use another "
-                                   "hydra.sweeper.study_name")
-        requeued = self.requeue_interrupted(study)
-        n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        to_go = max(0, self.n_trials - n_done)
-        print(f"[sweep] study {name!r} in {redact(self.storage)}: {n_done} complete, {requeued} interrupted "
-              f"re-queued; running {to_go} trial(s) to reach n_trials={self.n_trials} "
+        study, created = self.open_study(name, directions)
+        if not created:  # another worker (or an earlier invocation) uses the same seed: draw other points than it
+            self.sampler.reseed_rng()
+        if tracker is not None:
+            tracker.attach(study, created)
+        self.fail_stale(study)
+        n = self.counts(study)
+        print(f"[sweep] study {name!r} in {redact(self.storage)}: {n['COMPLETE']} complete, {n['RUNNING']} running "
+              f"(other workers, or killed: re-queued once after {self.grace_period}s without a heartbeat), "
+              f"{n['WAITING']} queued; this worker runs trials until n_trials={self.n_trials} are complete "
               f"({self.n_jobs} at a time); objectives {dict(zip(names, directions))}", flush=True)
-        while to_go > 0:
-            batch = min(to_go, self.n_jobs)
-            trials = [study.ask(fixed_distributions=space) for _ in range(batch)]
-            overrides = self._configure_trials(trials, fixed, fixed_over)
-            t0 = time.perf_counter()
-            try:
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException as e:
-                for t in trials:
-                    study.tell(t, state=TrialState.FAIL)
-                if isinstance(e, SystemExit):
-                    raise SweepConfigError(f"a trial's job exited with status {e.code} (its error is printed above); "
-                                           f"trials {[t.number for t in trials]} marked failed") from None
-                raise
-            seconds = time.perf_counter() - t0
-            failures = []
-            for trial, ret in zip(trials, returns):
-                state, values = TrialState.COMPLETE, None
-                try:
-                    rv = ret.return_value
-                    values = [float(v) for v in (rv if isinstance(rv, (list, tuple)) else [rv])]
-                    if len(values) != len(directions):
-                        raise SweepConfigError(f"the job returned {len(values)} value(s) for {len(directions)} "
-                                               f"directions: objectives={names}")
-                except Exception as e:  # noqa: BLE001 - the job's own error, kept for the failure report
-                    state, values = TrialState.FAIL, None
-                    failures.append(e)
-                    log.warning(f"trial {trial.number} failed: {e}")
-                if tracker is not None:
-                    hc = ret.hydra_cfg.hydra if ret.hydra_cfg is not None else self.config.hydra
-                    rid = tracker.tag_trial(str(hc.sweep.dir), int(hc.job.num), trial)
-                    if rid:
-                        trial.set_user_attr("mlflow_run_id", rid)
-                study.tell(trial, state=state, values=values)
-                self.progress(study, trial, values, names, directions, seconds)
-            self.job_idx += len(returns)
-            if len(failures) / len(returns) > self.max_failure_rate:
-                if tracker is not None:
-                    tracker.log_study(study, names, directions, Path(self.config.hydra.sweep.dir) / "pareto",
-                                      exprs, self.storage)
-                raise SweepConfigError(f"{len(failures)} of {len(returns)} trial(s) failed (max_failure_rate="
-                                       f"{self.max_failure_rate}): {failures[0]}") from failures[0]
-            to_go -= batch
+        while True:
+            self.fail_stale(study)
+            n = self.counts(study)
+            if n["COMPLETE"] >= self.n_trials:
+                break
+            free = self.n_trials - n["COMPLETE"] - n["RUNNING"]
+            if free <= 0:  # the remaining trials run on other workers: wait for them (or for one to go stale)
+                time.sleep(self.poll_seconds)
+                continue
+            asked = [self.ask(study, space) for _ in range(min(free, self.n_jobs))]
+            trials = self.drop_surplus(study, asked)
+            for group in contiguous(trials):
+                self.run_trials(study, group, fixed, fixed_over, names, directions, tracker, exprs)
         self.finish(study, names, directions, tracker, exprs)
 
-    def requeue_interrupted(self, study: optuna.Study) -> int:
-        """Trials left RUNNING by a killed invocation: mark them failed and queue their params to run again.
-        (Do not run two invocations on one study at the same time: each would take the other's trials as killed.)"""
-        n = 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(t.number, state=TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            n += 1
-        return n
+    def ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.Trial:
+        """``study.ask`` plus a first heartbeat at once: a trial with no heartbeat never goes stale, so a worker killed
+        before its heartbeat thread started would leave it RUNNING for ever."""
+        trial = study.ask(fixed_distributions=space)
+        if getattr(self, "rdb", None) is not None:
+            self.rdb.record_heartbeat(trial._trial_id)  # noqa: SLF001 - see heartbeats()
+        return trial
+
+    @staticmethod
+    def counts(study: optuna.Study) -> dict[str, int]:
+        return {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Trials whose worker stopped sending heartbeats -> FAIL, and their params re-queued (max_retry times)."""
+        if self.storage is not None:
+            optuna.storages.fail_stale_trials(study)
+
+    def drop_surplus(self, study: optuna.Study, asked: list[optuna.Trial]) -> list[optuna.Trial]:
+        """Trials asked in a race between workers beyond n_trials: told FAIL unrun (user attr ``surplus``). A trial is
+        surplus when n_trials complete or running trials have smaller numbers: every worker decides alike."""
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                                 TrialState.RUNNING)))
+        keep = []
+        for trial in asked:
+            if sum(1 for x in live if x < trial.number) >= self.n_trials:
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                keep.append(trial)
+        return keep
+
+    @contextmanager
+    def heartbeats(self, study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None]:
+        """Send the trials' heartbeats while their jobs run. ``study.optimize`` does this itself; ask/tell (which the
+        Hydra launcher needs: a batch of jobs at once) has no public hook, so the storage's ``record_heartbeat`` is
+        called here with the trial's storage id."""
+        storage = getattr(self, "rdb", None)  # built in make_storage
+        if storage is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.is_set():
+                for t in trials:
+                    storage.record_heartbeat(t._trial_id)  # noqa: SLF001
+                stop.wait(self.heartbeat_interval)
+
+        thread = threading.Thread(target=beat, daemon=True, name="optuna-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def run_trials(self, study: optuna.Study, trials: list[optuna.Trial], fixed: dict[str, Any],
+                   fixed_over: list[str], names: Sequence[str], directions: Sequence[str],
+                   tracker: StudyTracker | None, exprs: dict[str, str]) -> None:
+        """Launch one batch (consecutive trial numbers: job number = trial number, so that workers sharing a sweep dir
+        never share a job dir), tell Optuna the results, nest the runs under the study's parent run."""
+        overrides = self._configure_trials(trials, fixed, fixed_over)
+        t0 = time.perf_counter()
+        try:
+            with self.heartbeats(study, trials):
+                returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+        except BaseException as e:
+            for t in trials:
+                study.tell(t, state=TrialState.FAIL)
+            if isinstance(e, SystemExit):
+                raise SweepConfigError(f"a trial's job exited with status {e.code} (its error is printed above); "
+                                       f"trials {[t.number for t in trials]} marked failed") from None
+            raise
+        seconds = time.perf_counter() - t0
+        failures = []
+        for trial, ret in zip(trials, returns):
+            state, values = TrialState.COMPLETE, None
+            try:
+                rv = ret.return_value
+                values = [float(v) for v in (rv if isinstance(rv, (list, tuple)) else [rv])]
+                if len(values) != len(directions):
+                    raise SweepConfigError(f"the job returned {len(values)} value(s) for {len(directions)} "
+                                           f"directions: objectives={names}")
+            except Exception as e:  # noqa: BLE001 - the job's own error, kept for the failure report
+                state, values = TrialState.FAIL, None
+                failures.append(e)
+                log.warning(f"trial {trial.number} failed: {e}")
+            if tracker is not None:
+                hc = ret.hydra_cfg.hydra if ret.hydra_cfg is not None else self.config.hydra
+                rid = tracker.tag_trial(str(hc.sweep.dir), int(hc.job.num), trial)
+                if rid:
+                    trial.set_user_attr("mlflow_run_id", rid)
+            study.tell(trial, state=state, values=values)
+            self.progress(study, trial, values, names, directions, seconds)
+        self.job_idx += len(returns)
+        if len(failures) / len(returns) > self.max_failure_rate:
+            if tracker is not None:
+                tracker.log_study(study, names, directions, Path(self.config.hydra.sweep.dir) / "pareto",
+                                  exprs, self.storage)
+            raise SweepConfigError(f"{len(failures)} of {len(returns)} trial(s) failed (max_failure_rate="
+                                   f"{self.max_failure_rate}): {failures[0]}") from failures[0]
 
     def progress(self, study: optuna.Study, trial: optuna.Trial, values: list[float] | None, names: Sequence[str],
                  directions: Sequence[str], seconds: float) -> None:

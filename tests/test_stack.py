@@ -159,3 +159,68 @@ def test_optuna_study_shared_by_two_processes(stack):
         assert cfg.hydra.sweeper.storage == storage
     finally:
         del os.environ["RECSYS_OPTUNA_STORAGE"]
+
+
+def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shared_data_dir, tmp_path):
+    """README "Beyond one machine": the same sweep command started 3 times against the stack shares one study in
+    PostgreSQL: exactly n_trials=5 COMPLETE trials in total (distinct numbers and params), each one FINISHED MLflow run
+    nested under the study's single parent run. One worker is killed (-9, with its job) mid-trial: its trial goes stale
+    (no heartbeat for grace_period=5 s), is failed and re-queued once, and another worker runs it."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    n_trials, study_name = 5, "dist-ml-100k"
+    env = {**stack, "RECSYS_DATA_DIR": str(shared_data_dir), "RECSYS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    tiny = " ".join(f"'{a}'" for a in TINY + ["tracking.log_model=false", "bench.throughput_repeats=1"])
+    sweep = (f"{sys.executable} run.py -m hparams_search=train_lr hydra.sweeper.storage=$RECSYS_OPTUNA_STORAGE "
+             f"hydra.sweeper.n_jobs=1 hydra.sweeper.n_trials={n_trials} hydra.sweeper.study_name={study_name} "
+             f"hydra.sweeper.heartbeat_interval=1 hydra.sweeper.grace_period=5 hydra.sweeper.poll_seconds=0.5 {tiny}")
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    procs = []
+    for i, log in enumerate(logs):
+        cmd = f'eval "$(scripts/stack.sh env)"; exec {sweep} hydra.sweep.dir={tmp_path}/multirun/w{i}'
+        procs.append(subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, env=env, stdout=log.open("w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    # kill worker 0 (its process group: the sweeper and its job) one second after it launched its first trial
+    import re
+    import signal
+    import time
+
+    deadline, killed = time.time() + 240, None
+    while time.time() < deadline and killed is None and procs[0].poll() is None:
+        m = re.search(r"\t#(\d+) : ", logs[0].read_text())
+        if m:
+            time.sleep(1.0)
+            os.killpg(procs[0].pid, signal.SIGKILL)
+            killed = int(m.group(1))
+        time.sleep(0.2)
+    assert killed is not None, logs[0].read_text()[-3000:]
+    procs[0].wait()
+    for p, log in zip(procs[1:], logs[1:]):
+        assert p.wait(timeout=400) == 0, log.read_text()[-4000:]
+
+    storage = stack_env(stack)["RECSYS_OPTUNA_STORAGE"]
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == n_trials
+    assert len({t.number for t in done}) == n_trials
+    assert len({tuple(sorted(t.params.items())) for t in done}) == n_trials, [t.params for t in done]
+    assert study.trials[killed].state == optuna.trial.TrialState.FAIL
+    retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retries = [t for t in trials if retry_of(t) is not None]
+    assert [retry_of(t) for t in retries] == [killed]  # re-queued once, with the killed trial's params, and completed
+    assert retries[0].state == optuna.trial.TrialState.COMPLETE and retries[0].params == study.trials[killed].params
+    assert [t for t in trials if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)] == []
+
+    client = MlflowClient(stack_env(stack)["RECSYS_TRACKING_URI"])
+    exp = client.get_experiment_by_name("recsys-compress")
+    parents = client.search_runs([exp.experiment_id], f"tags.optuna_study = '{study_name}' and "
+                                 "tags.`recsys.kind` = 'study'")
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs["mlflow_parent_run_id"]
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert len(children) == n_trials and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == sorted(t.number for t in done)
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in done}
+    outs = "".join(log.read_text() for log in logs[1:])
+    assert outs.count("[sweep] done: 5 complete trials") == 2

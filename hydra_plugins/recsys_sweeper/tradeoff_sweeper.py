@@ -27,7 +27,11 @@ class TradeoffSweeperConf:
     storage: Any = None                        # SQLAlchemy URL of the Optuna study (None: in memory)
     study_name: str | None = None
     n_trials: int = 20                         # complete trials the study should hold (resume runs the missing)
-    n_jobs: int = 2                            # trials launched at once
+    n_jobs: int = 2                            # trials launched at once (by this worker; more workers may share the study)
+    heartbeat_interval: int = 10               # s between a running trial's heartbeats (RDB storages)
+    grace_period: int = 30                     # s without a heartbeat after which a trial counts as killed
+    max_retry: int = 1                         # a killed trial is re-queued this many times (its params again)
+    poll_seconds: float = 2.0                  # s between checks while other workers' trials fill the study
     max_failure_rate: float = 0.0
     custom_search_space: str | None = None     # import path of f(cfg, trial) adding dependent parameters
     params: dict[str, str] | None = None       # key: Hydra sweep expression (choice / range / interval / tag(log, ...))

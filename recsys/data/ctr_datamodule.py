@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from recsys.data.ctr import CTRTable
 from recsys.data.datamodule import RankingDataModule
+from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.errors import ConfigError
 
 
@@ -29,16 +30,25 @@ class TableBatches(IterableDataset):
         return max(1, int(round(self.data_fraction * len(self.rows))))
 
     def __len__(self) -> int:
-        return math.ceil(self.n_rows() / self.batch_size)
+        world = rank_world()[1] if self.shuffle else 1
+        return math.ceil((self.n_rows() // world) / rank_batch(self.batch_size, world))
 
-    def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
+    def epoch_rows(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """Rows of one training epoch (rank ``rank``'s shard of it under DDP); evaluation (no shuffle): all, in order."""
         rows = self.rows
         if self.shuffle:
             rows = np.random.default_rng([self.seed, epoch]).permutation(rows)[:self.n_rows()]
-        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-        for s in range(0, len(idx), self.batch_size):
-            r = idx[s:s + self.batch_size]
+            if world > 1:
+                rows = rows[shard(len(rows), rank, world)]
+        return rows
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        rank, world = rank_world() if self.shuffle else (0, 1)
+        idx = torch.from_numpy(np.asarray(self.epoch_rows(epoch, rank, world), dtype=np.int64))
+        bs = rank_batch(self.batch_size, world)
+        for s in range(0, len(idx), bs):
+            r = idx[s:s + bs]
             yield self.cat[r], self.dense[r], self.labels[r]
 
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from recsys.data.sampling import sample_train_negatives
+from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.splits import ImplicitSplit
 from recsys.errors import ConfigError
 
@@ -38,7 +39,7 @@ class TrainEpochs(IterableDataset):
         self.epoch = int(epoch)
 
     def n_positives(self) -> int:
-        """Positives used per epoch (after ``data_fraction``)."""
+        """Positives used per epoch (after ``data_fraction``), over all ranks."""
         n = len(self.users)
         return n if self.data_fraction >= 1.0 else max(1, int(round(self.data_fraction * n)))
 
@@ -47,31 +48,41 @@ class TrainEpochs(IterableDataset):
         return self.n_positives() * (1 + self.num_negatives)
 
     def __len__(self) -> int:
-        return math.ceil(self.n_examples() / self.batch_size)
+        rank, world = rank_world()
+        n = (self.n_positives() // world) * (1 + self.num_negatives) if world > 1 else self.n_examples()
+        return math.ceil(n / rank_batch(self.batch_size, world))
 
-    def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The shuffled (users, items, labels) of one epoch, as whole tensors."""
+    def epoch_tensors(self, epoch: int, rank: int = 0, world: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shuffled (users, items, labels) of one epoch (of rank ``rank``'s shard of it), as whole tensors."""
         rng = np.random.default_rng([self.seed, epoch])
         users, items = self.users, self.items
         n_pos = self.n_positives()
         if n_pos < len(users):
             pick = np.sort(rng.choice(len(users), size=n_pos, replace=False))
             users, items = users[pick], items[pick]
+        if world > 1:  # this rank's positives; its negatives and shuffle from its own seed
+            mine = rng.permutation(n_pos)[shard(n_pos, rank, world)]
+            users, items, n_pos = users[mine], items[mine], len(mine)
+            rng = np.random.default_rng([self.seed, epoch, 1 + rank])
         negs = sample_train_negatives(users, self.indptr, self.indices, self.n_items, self.num_negatives, rng)
         all_users = torch.from_numpy(np.concatenate([users, np.repeat(users, self.num_negatives)]))
         all_items = torch.from_numpy(np.concatenate([items, negs]))
         labels = torch.zeros(len(all_users), dtype=torch.float32)
         labels[:n_pos] = 1.0
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + (1_000_000_007 * (1 + rank) if world > 1
+                                                                             else 0))
         perm = torch.randperm(len(all_users), generator=gen)
         return all_users[perm], all_items[perm], labels[perm]
 
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        users, items, labels = self.epoch_tensors(epoch)
-        for start in range(0, len(users), self.batch_size):
-            end = start + self.batch_size
+        rank, world = rank_world()
+        users, items, labels = self.epoch_tensors(epoch, rank, world)
+        bs = rank_batch(self.batch_size, world)
+        for start in range(0, len(users), bs):
+            end = start + bs
             yield users[start:end], items[start:end], labels[start:end]
 
 

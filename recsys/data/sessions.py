@@ -42,6 +42,7 @@ from torch.utils.data import IterableDataset
 
 from recsys.data.config import parse_data_cfg
 from recsys.data.readers import read_csv_interactions, read_movielens
+from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.sources import resolve_files, sha256_files
 from recsys.data.validate import check_bad_lines, normalize_sep, read_table
 from recsys.errors import ConfigError
@@ -313,20 +314,24 @@ class SessionParallelBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def sessions_for(self, epoch: int) -> np.ndarray:
-        """Indices of the sessions used in ``epoch``, in order."""
+    def sessions_for(self, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """Indices of the sessions used in ``epoch`` (rank ``rank``'s strided share under DDP), in order."""
         if self.data_fraction >= 1.0:
-            return self.usable
-        rng = np.random.default_rng([self.seed, epoch, 7])
-        k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
-        pick = np.sort(rng.choice(len(self.usable), size=min(k, len(self.usable)), replace=False))
-        return self.usable[pick]
+            order = self.usable
+        else:
+            rng = np.random.default_rng([self.seed, epoch, 7])
+            k = max(self.batch_size, int(round(self.data_fraction * len(self.usable))))
+            pick = np.sort(rng.choice(len(self.usable), size=min(k, len(self.usable)), replace=False))
+            order = self.usable[pick]   # positions sorted: the configured session order is kept
+        return order[shard(len(order), rank, world)] if world > 1 else order
 
-    def plan(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """(click positions, reset mask, rows of the previous step kept or None when all) of every step of ``epoch``."""
-        order = self.sessions_for(epoch)
+    def plan(self, epoch: int, rank: int = 0, world: int = 1
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(click positions, reset mask, rows of the previous step kept or None when all) of every step of ``epoch``;
+        under DDP, of this rank's sessions, ``batch_size / world`` side by side."""
+        order = self.sessions_for(epoch, rank, world)
         off = self.s.offsets
-        b = self.batch_size
+        b = min(rank_batch(self.batch_size, world), len(order))
         cur, end = off[order[:b]].copy(), off[order[:b] + 1].copy()
         nxt, reset, keep = b, np.ones(b, dtype=bool), None
         while True:
@@ -363,14 +368,24 @@ class SessionParallelBatches(IterableDataset):
             draws = np.searchsorted(self.cdf, rng.random(per_block * self.n_sample)).clip(max=self.n_items - 1)
             yield from torch.from_numpy(draws.astype(np.int64)).view(per_block, self.n_sample)
 
+    def rank_steps(self, epoch: int, world: int) -> int:
+        """Steps every rank runs in ``epoch``: the fewest of any rank's share (all of them with one process)."""
+        if world == 1:
+            return self.n_steps(epoch)
+        return min(sum(1 for _ in self.plan(epoch, r, world)) for r in range(world))
+
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        rng = np.random.default_rng([self.seed, epoch])
+        rank, world = rank_world()
+        rng = np.random.default_rng([self.seed, epoch] + ([1 + rank] if world > 1 else []))
         items = torch.from_numpy(self.s.items)
         negatives = self._negatives(rng) if self.n_sample else None
         empty = torch.zeros(0, dtype=torch.long)
-        for pos, reset, keep in self.plan(epoch):
+        steps = self.rank_steps(epoch, world) if world > 1 else None
+        for i, (pos, reset, keep) in enumerate(self.plan(epoch, rank, world)):
+            if steps is not None and i >= steps:  # every rank stops at the shortest rank's step count (DDP needs equal steps)
+                return
             p = torch.from_numpy(pos)
             neg = next(negatives) if negatives is not None else empty
             step = (items[p], items[p + 1], torch.from_numpy(reset), neg)

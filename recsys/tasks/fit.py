@@ -21,6 +21,32 @@ warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` de
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+class EpochsRun(Callback):
+    """Keeps the number of epochs run in ``callback_metrics``, which Lightning hands back from spawned DDP ranks."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics["recsys/epochs_run"] = torch.tensor(float(trainer.current_epoch + 1))
+
+
+def strategy_of(trainer_cfg: dict[str, Any]) -> Any:
+    """``trainer.strategy=ddp`` -> DDP whose extra ranks Lightning *spawns* inside ``fit`` (start_method="spawn").
+
+    Why not Lightning's default for ``ddp`` (the subprocess launcher re-running ``run.py`` with the same argv): each
+    rank would then run the whole Hydra job (read data, open an MLflow run, train or load the dense cache, evaluate,
+    export, log), and every stage would need a rank guard. Spawned ranks run only the training loop; Lightning returns
+    rank 0's weights, best checkpoint path and callback metrics to the job's process, which does everything else once
+    (one MLflow run, one cache writer). Under an external launcher (torchrun, SLURM: ``LOCAL_RANK`` set) plain ``ddp``
+    is kept."""
+    import os
+
+    strategy = trainer_cfg.pop("strategy", "auto") or "auto"
+    if strategy == "ddp" and "LOCAL_RANK" not in os.environ:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(start_method="spawn")
+    return strategy
+
+
 def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int, trainer_cfg: Mapping[str, Any],
         logger: Logger | bool = False, callbacks: Sequence[Callback] = (), ckpt_dir: str | None = None,
         monitor: str | None = None, select_best: bool = True, patience: int | None = None) -> dict[str, float]:
@@ -29,29 +55,48 @@ def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
     cbs = list(callbacks)
     checkpoint = None
     if monitor and select_best:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1,
+        checkpoint = ScoreCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", save_top_k=1,
                                      save_weights_only=True, filename="best")
         cbs.append(checkpoint)
         if patience:
             cbs.append(EarlyStopping(monitor=monitor, mode="max", patience=int(patience)))
     kwargs = dict(trainer_cfg)
+    strategy = strategy_of(kwargs)
+    cbs.append(EpochsRun())
     # the per-step bar on a terminal only; elsewhere (log files, multirun jobs, CI) one line per epoch
     kwargs["enable_progress_bar"] = resolve_progress_bar(kwargs.get("enable_progress_bar", "auto"))
     if not kwargs["enable_progress_bar"]:
         cbs.append(EpochLines())
     trainer = L.Trainer(max_epochs=epochs, logger=logger, callbacks=cbs, enable_checkpointing=checkpoint is not None,
-                        default_root_dir=ckpt_dir, num_sanity_val_steps=0, **kwargs)
+                        default_root_dir=ckpt_dir, num_sanity_val_steps=0, strategy=strategy, **kwargs)
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - t0
-    out = {"train_seconds": seconds, "epochs_run": float(trainer.current_epoch)}
+    run = trainer.callback_metrics.get("recsys/epochs_run")
+    out = {"train_seconds": seconds, "epochs_run": float(run) if run is not None else float(trainer.current_epoch)}
     if checkpoint is not None and checkpoint.best_model_path:
         # weights_only=True: the checkpoint (save_weights_only) holds tensors and plain values; nothing is unpickled
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         task.load_state_dict(state["state_dict"])
-        out["best_val"] = float(checkpoint.best_model_score)
+        score = checkpoint.best_model_score  # not handed back from spawned ranks: then the score kept in the file
+        out["best_val"] = float(score) if score is not None else float(state["recsys_best_val"])
         out["best_epoch"] = float(int(state.get("epoch", -1)))
     return out
+
+
+class ScoreCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes the monitored score into the file (read back after spawned DDP ranks)."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and score is not None:
+            state = torch.load(filepath, map_location="cpu", weights_only=True)
+            state["recsys_best_val"] = float(score)
+            from recsys.fileio import atomic_path
+
+            with atomic_path(filepath) as tmp:
+                torch.save(state, tmp)
 
 
 class StageTrainer:
