@@ -24,11 +24,13 @@ class RankingTask(TrainableTask):
     """Trains a ranking model; logs ``<stage>/epoch_train_loss`` and ``<stage>/epoch_val_hr_at_k`` / ``epoch_val_ndcg_at_k`` per epoch."""
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
-                 stage: str = "dense", topk: int = 10) -> None:
-        super().__init__(model, lr, optimizer, weight_decay, stage)
+                 stage: str = "dense", topk: int = 10, sparse: Any = "false") -> None:
+        super().__init__(model, lr, optimizer, weight_decay, stage, sparse=sparse)
         self.topk = topk
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._val_ranks: list[torch.Tensor] = []
+        self._loss_sum: torch.Tensor | None = None   # summed on the tensor, logged once per epoch (no per-step log)
+        self._loss_n = 0
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.model(users, items)
@@ -38,8 +40,15 @@ class RankingTask(TrainableTask):
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)
         loss = self.add_extra_losses(loss, batch, logits)
-        self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
+        part = loss.detach() * len(users)
+        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
+        self._loss_n += len(users)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_n:
+            self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
+        self._loss_sum, self._loss_n = None, 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         users, candidates = batch
@@ -111,7 +120,7 @@ class RankingFamily(TaskFamily):
 
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> RankingTask:
         return RankingTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,
-                           topk=int(cfg.eval.topk[0]))
+                           topk=int(cfg.eval.topk[0]), sparse=cfg.train.get("sparse", "false"))
 
     def make_datamodule(self, data: ImplicitSplit, cfg: Any, data_fraction: float = 1.0) -> RankingDataModule:
         return RankingDataModule(data, batch_size=cfg.train.batch_size, num_negatives=cfg.train.num_negatives,
