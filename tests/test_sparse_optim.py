@@ -52,14 +52,29 @@ def test_sparse_adam_touches_only_the_rows_in_the_batch_and_dense_adam_moves_all
         assert torch.allclose(p, q, atol=1e-4), n
 
 
+def test_sparse_sgd_is_the_same_math_as_dense_sgd():
+    torch.manual_seed(0)
+    a, b = NeuMF(30, 20, factors=4, mlp_layers=[8, 4]), NeuMF(30, 20, factors=4, mlp_layers=[8, 4])
+    b.load_state_dict(a.state_dict())
+    opt_a, _ = build_sparse_adam(a, lr=0.1, optimizer="sgd")
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    for k in range(3):
+        u, i, y = torch.tensor([k, k + 1, 5]), torch.tensor([2, k, 7]), torch.tensor([1.0, 0.0, 1.0])
+        _step(a, opt_a, u, i, y)
+        _step(b, opt_b, u, i, y)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-7), n
+
+
 def test_resolve_sparse_choices_and_errors():
     model = NeuMF(10, 10, factors=2, mlp_layers=[4, 2])
     assert resolve_sparse("auto", "adam", 0.0, model) is True
-    assert resolve_sparse("auto", "sgd", 0.0, model) is False
+    assert resolve_sparse("auto", "sgd", 0.0, model) is True      # plain SGD: sparse == dense math
+    assert resolve_sparse("auto", "adagrad", 0.0, model) is False
     assert resolve_sparse("auto", "adam", 1e-4, model) is False
     assert resolve_sparse(False, "adam", 0.0, model) is False
     assert resolve_sparse(True, "adam", 0.0, model) is True
-    with pytest.raises(ValueError, match="train.sparse=true needs train.optimizer=adam"):
+    with pytest.raises(ValueError, match="train.sparse=true needs train.optimizer=adam or sgd"):
         resolve_sparse("true", "adagrad", 0.0, model)
     with pytest.raises(ValueError, match="is not one of"):
         resolve_sparse("yes", "adam", 0.0, model)

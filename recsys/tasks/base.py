@@ -41,8 +41,8 @@ class TrainableTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.sparse:   # sparse embedding gradients + SparseAdam (lazy moments, see recsys.tasks.optim)
-            opt, self._sparse_modules = build_sparse_adam(self.model, self.lr)
+        if self.sparse:   # sparse embedding gradients: SparseAdam (lazy moments) or SGD, see recsys.tasks.optim
+            opt, self._sparse_modules = build_sparse_adam(self.model, self.lr, self.optimizer_name)
             return opt
         params = [p for p in self.model.parameters() if p.requires_grad]
         return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)

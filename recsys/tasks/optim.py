@@ -42,16 +42,17 @@ def sparse_embeddings(model: nn.Module) -> list[nn.Embedding]:
 def resolve_sparse(setting: Any, optimizer: str, weight_decay: float, model: nn.Module) -> bool:
     """``train.sparse`` (auto | true | false) -> whether to train with row-wise embedding updates.
 
-    ``auto``: yes for Adam without weight decay when the model has plain embedding tables; ``true`` insists (and says
-    why it cannot when it cannot); ``false``: dense Adam over every row, the reference semantics."""
+    ``auto``: yes for Adam or plain SGD without weight decay when the model has plain embedding tables; ``true``
+    insists (and says why it cannot when it cannot); ``false``: dense updates of every row, the reference semantics.
+    For SGD (no momentum) sparse and dense updates are the same math: a row without gradient does not move."""
     s = str(setting).lower() if setting is not None else "false"
     if s not in SPARSE_CHOICES:
         raise ValueError(f"train.sparse={setting!r} is not one of {list(SPARSE_CHOICES)}")
     if s == "false":
         return False
-    ok = optimizer == "adam" and not weight_decay and bool(sparse_embeddings(model))
+    ok = optimizer in ("adam", "sgd") and not weight_decay and bool(sparse_embeddings(model))
     if s == "true" and not ok:
-        raise ValueError(f"train.sparse=true needs train.optimizer=adam (got {optimizer!r}), train.weight_decay=0 "
+        raise ValueError(f"train.sparse=true needs train.optimizer=adam or sgd (got {optimizer!r}), train.weight_decay=0 "
                          f"(got {weight_decay}) and a model with plain nn.Embedding tables; use train.sparse=auto")
     return ok
 
@@ -94,11 +95,14 @@ class SparseDenseAdam(torch.optim.Optimizer):
             o.load_state_dict(s)
 
 
-def build_sparse_adam(model: nn.Module, lr: float) -> tuple[SparseDenseAdam, list[nn.Embedding]]:
+def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam"
+                      ) -> tuple[torch.optim.Optimizer, list[nn.Embedding]]:
     """Switch the model's plain embedding tables to sparse gradients and return (optimizer, the switched modules)."""
     embs = sparse_embeddings(model)
     for m in embs:
         m.sparse = True
+    if optimizer == "sgd":   # torch SGD without momentum/decay accepts sparse gradients: only batch rows are written
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr), embs
     sparse_ids = {id(m.weight) for m in embs}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
     return SparseDenseAdam([m.weight for m in embs], dense, lr=lr), embs
