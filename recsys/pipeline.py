@@ -126,6 +126,7 @@ def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     """A small markdown table of every stage (headers in the @ form, metric keys stay *_at_*)."""
     cols = [(f"hr_at_{k}", f"HR@{k}", "{:.4f}"), (f"ndcg_at_{k}", f"NDCG@{k}", "{:.4f}"),
             (f"recall_at_{k}", f"recall@{k} (full)", "{:.4f}"), ("auc", "AUC", "{:.4f}"),
+            ("logloss", "logloss", "{:.4f}"),
             ("recall_at_20", "recall@20", "{:.4f}"), ("mrr_at_20", "MRR@20", "{:.4f}"),
             ("params_nonzero", "nonzero params", "{:,.0f}"), ("artifact_bytes", "artifact MB", "{:.3f}"),
             ("latency_p50_ms", "p50 ms", "{:.3f}"), ("latency_p99_ms", "p99 ms", "{:.3f}"),
