@@ -128,3 +128,17 @@ def _tiny_split():
     negs = sample_eval_negatives(ev_users, indptr, indices, n_items, 49, rng)
     return ImplicitSplit(n_users, n_items, users[keep], items[keep], ev_users, val_i, ev_users, test_i, negs, negs,
                          np.arange(n_users), np.arange(n_items), name="toy")
+
+
+def test_auto_keeps_dense_updates_where_a_batch_hits_many_rows():
+    from omegaconf import OmegaConf
+
+    from recsys.tasks.ranking import RankingFamily
+
+    ml1m = NeuMF(6040, 3706, factors=32, mlp_layers=[128, 64, 32])
+    cfg = lambda bs, s="auto": OmegaConf.create({"train": {"sparse": s, "batch_size": bs}})  # noqa: E731
+    assert RankingFamily._sparse_setting(cfg(256), ml1m) == "auto"
+    assert RankingFamily._sparse_setting(cfg(2048), ml1m) == "false"       # ~40 % of the rows per batch
+    assert RankingFamily._sparse_setting(cfg(2048, True), ml1m) is True    # an explicit choice is kept
+    ml20m = NeuMF(138_493, 26_744, factors=32, mlp_layers=[128, 64, 32])
+    assert RankingFamily._sparse_setting(cfg(2048), ml20m) == "auto"

@@ -121,7 +121,20 @@ class RankingFamily(TaskFamily):
 
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> RankingTask:
         return RankingTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,
-                           topk=int(cfg.eval.topk[0]), sparse=cfg.train.get("sparse", "false"))
+                           topk=int(cfg.eval.topk[0]), sparse=self._sparse_setting(cfg, data_rows=model))
+
+    @staticmethod
+    def _sparse_setting(cfg: Any, data_rows: nn.Module) -> Any:
+        """``train.sparse``, with ``auto`` kept only where a batch touches few table rows (<= 10 %, a guess to be
+        settled by ``experiments/ncf_benchmark.py --compare-sparse``): where one batch hits a large share of the rows
+        (ML-1M at batch 2048: ~40 %) Adam's dense pass costs little more, and sorting/coalescing sparse gradients
+        was slower in a loaded-machine check (0.74x at batch 2048)."""
+        setting = cfg.train.get("sparse", "false")
+        if str(setting).lower() != "auto":
+            return setting
+        rows = sum(m.num_embeddings for m in data_rows.modules() if type(m) is nn.Embedding) or 1
+        tables = sum(1 for m in data_rows.modules() if type(m) is nn.Embedding) or 1
+        return "auto" if cfg.train.batch_size * tables <= 0.10 * rows else "false"
 
     def make_datamodule(self, data: ImplicitSplit, cfg: Any, data_fraction: float = 1.0) -> RankingDataModule:
         return RankingDataModule(data, batch_size=cfg.train.batch_size, num_negatives=cfg.train.num_negatives,
