@@ -20,3 +20,7 @@ class DataError(ConfigError):
         where += f", column {column!r}" if column is not None else ""
         super().__init__(f"{where}: found {found}; expected {expected}." + (f" {hint}" if hint else ""))
         self.path, self.line, self.column, self.found, self.expected = path, line, column, found, expected
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or a loss far above its start: the run fails and nothing is cached."""
