@@ -127,8 +127,9 @@ class RankingFamily(TaskFamily):
     def _sparse_setting(cfg: Any, data_rows: nn.Module) -> Any:
         """``train.sparse``, with ``auto`` kept only where a batch touches few table rows (<= 10 %, a guess to be
         settled by ``experiments/ncf_benchmark.py --compare-sparse``): where one batch hits a large share of the rows
-        (ML-1M at batch 2048: ~40 %) Adam's dense pass costs little more, and sorting/coalescing sparse gradients
-        was slower in a loaded-machine check (0.74x at batch 2048)."""
+        (ML-1M at batch 2048: ~40 %) Adam's dense pass costs little more than sorting/coalescing sparse gradients.
+        Two loaded-machine step checks at ML-1M b2048 disagreed (sparse 0.74x at load 31, 1.38x at load 9; b256
+        1.27x), so auto stays conservative (existing b2048 figures unchanged) until the quiet benchmark decides."""
         setting = cfg.train.get("sparse", "false")
         if str(setting).lower() != "auto":
             return setting
