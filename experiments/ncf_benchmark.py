@@ -8,6 +8,15 @@ final quality metrics.
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py            # no pre-training
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --pretrain
     ... --epochs 2 --data ml-100k                                                                 # a quick look
+
+``--compare-sparse`` instead trains NeuMF f=32 [128,64,32] with dense Adam (``train.sparse=false``) and with row-wise
+embedding updates (``train.sparse=true``: sparse gradients + SparseAdam) alternately in this one process, at each
+``--batch-sizes`` entry, and prints training-only samples/s per path, the sparse/dense speed ratio, seconds per epoch
+(the within-job slow-down shows there) and test HR@10 / NDCG@10 (best validation epoch, as the harness keeps it):
+
+    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --compare-sparse --epochs 3
+    # ~7 min alone on 2 cores (dense b256 ~45 s/epoch dominates); ratios are meaningful on a busy machine too,
+    # absolute samples/s are not.
 """
 from __future__ import annotations
 
@@ -52,14 +61,74 @@ def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class EpochClock(__import__("lightning").pytorch.Callback):
+    """Training-only seconds of each epoch (validation excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self._t0)
+
+
+def compare_sparse(args) -> None:
+    """Dense Adam vs sparse row-wise Adam, same data/seed/epochs, alternately in one process (see module docstring)."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from recsys.tasks.fit import StageTrainer
+
+    base = [f"data={args.data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
+            f"train.epochs={args.epochs}", "train.use_cache=false", "trainer.enable_progress_bar=false",
+            "eval.full_ranking=false", *args.overrides]
+    rows = []
+    data = None
+    for bs in args.batch_sizes:
+        for path in ("false", "true"):
+            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+                cfg = compose("config", overrides=[*base, f"train.batch_size={bs}", f"train.sparse={path}"])
+            family = get_family(cfg.model.task)
+            data = data or family.load_data(cfg)
+            L.seed_everything(cfg.seed, workers=True)
+            model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
+            clock = EpochClock()
+            info = StageTrainer(family, data, cfg).train(model, "dense", callbacks=[clock])
+            q = family.evaluate(model, data, cfg)
+            n = family.samples_per_epoch(data, cfg) * len(clock.seconds)
+            rows.append({"batch": bs, "sparse": path, "samples_per_s": n / sum(clock.seconds),
+                         "epoch_seconds": clock.seconds, "best_epoch": info.get("best_epoch", -1),
+                         "hr_at_10": q["hr_at_10"], "ndcg_at_10": q["ndcg_at_10"]})
+            r = rows[-1]
+            print(f"batch {bs:5d} sparse={path:5s} samples/s {r['samples_per_s']:>10,.0f}  epoch s "
+                  f"{' '.join(f'{x:.1f}' for x in clock.seconds)}  best epoch {r['best_epoch']:.0f}  "
+                  f"HR@10 {r['hr_at_10']:.4f}  NDCG@10 {r['ndcg_at_10']:.4f}", flush=True)
+    print(f"\n== NeuMF f=32 [128,64,32] on {args.data}, {args.epochs} epochs, torch threads={torch.get_num_threads()} ==")
+    print("| batch | path | samples/s | s/epoch (each) | HR@10 | NDCG@10 | sparse ÷ dense speed |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        dense = next(x for x in rows if x["batch"] == r["batch"] and x["sparse"] == "false")
+        ratio = r["samples_per_s"] / dense["samples_per_s"]
+        print(f"| {r['batch']} | {'sparse' if r['sparse'] == 'true' else 'dense'} | {r['samples_per_s']:,.0f} | "
+              f"{' / '.join(f'{x:.1f}' for x in r['epoch_seconds'])} | {r['hr_at_10']:.4f} | {r['ndcg_at_10']:.4f} | "
+              f"{ratio:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-1m-loo")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--pretrain", action="store_true")
     ap.add_argument("--experiment", default="bench-ncf")
+    ap.add_argument("--compare-sparse", action="store_true", help="dense vs sparse Adam side by side (see above)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 2048])
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.lr=0.002")
     args = ap.parse_args()
+    if args.compare_sparse:
+        compare_sparse(args)
+        return
     overrides = [f"data={args.data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
                  f"train.epochs={args.epochs}", f"model.pretrain={str(args.pretrain).lower()}", "train.use_cache=false",
                  f"tracking.experiment={args.experiment}", "trainer.enable_progress_bar=false", *args.overrides]

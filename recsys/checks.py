@@ -60,6 +60,12 @@ def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
     errs += number_in(cfg, "train.lr", 0.0, 10.0, lo_open=True)
     errs += number_in(cfg, "train.weight_decay", 0.0, 1.0)
     errs += one_of(cfg, "train.optimizer", sorted(OPTIMIZERS))
+    sparse = get(cfg, "train.sparse")
+    if sparse is not None:
+        errs += one_of(cfg, "train.sparse", ["auto", True, False])
+        if sparse is True and (get(cfg, "train.optimizer") not in ("adam", "sgd") or get(cfg, "train.weight_decay")):
+            errs.append(f"train.sparse=true: needs train.optimizer=adam or sgd and train.weight_decay=0 (got "
+                        f"{get(cfg, 'train.optimizer')!r}, {get(cfg, 'train.weight_decay')}); use train.sparse=auto")
     if get(cfg, "trainer") is not None:
         errs += one_of(cfg, "trainer.enable_progress_bar", [True, False, "auto"])
     if get(cfg, "train.divergence_factor") is not None:

@@ -74,9 +74,11 @@ def test_second_job_hits_the_dense_cache(tmp_path, shared_data_dir):
     ("model.mlp_layers=[15,8]", "model.mlp_layers"),
     ("train.optimizer=rmsprop", "train.optimizer='rmsprop'"),
     ("train.lr=0", "train.lr=0"),
+    ("train.sparse=yes", "train.sparse='yes'"),
+    ("train.sparse=true train.optimizer=adagrad", "train.sparse=true: needs train.optimizer=adam or sgd"),
 ])
 def test_bad_config_fails_before_training(tmp_path, override, needle):
-    cfg = make_cfg(tmp_path, tmp_path, "data=ml-100k", override)
+    cfg = make_cfg(tmp_path, tmp_path, "data=ml-100k", *override.split())
     with pytest.raises(ConfigError, match=None) as e:
         run(cfg)
     assert needle in str(e.value)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from recsys.nn.optim import AdagradM
+from recsys.tasks.optim import build_sparse_adam, resolve_sparse
 
 MODEL_META_KEYS = ("name", "task")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -24,13 +25,16 @@ class TrainableTask(L.LightningModule):
     so the task adds ``term(task, batch, out)`` for each registered term (``out`` = the family's model output).
     """
 
-    def __init__(self, model: nn.Module, lr: float, optimizer: str, weight_decay: float, stage: str) -> None:
+    def __init__(self, model: nn.Module, lr: float, optimizer: str, weight_decay: float, stage: str,
+                 sparse: Any = "false") -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer={optimizer!r} is not one of {sorted(OPTIMIZERS)}")
         self.model, self.lr, self.optimizer_name, self.weight_decay = model, lr, optimizer, weight_decay
         self.stage = stage
         self.extra_losses: list[Any] = []
+        self.sparse = resolve_sparse(sparse, optimizer, weight_decay, model)   # row-wise embedding updates
+        self._sparse_modules: list[nn.Embedding] = []
 
     def add_extra_losses(self, loss: torch.Tensor, batch: Any, out: torch.Tensor) -> torch.Tensor:
         for term in self.extra_losses:
@@ -38,8 +42,17 @@ class TrainableTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.sparse:   # sparse embedding gradients: SparseAdam (lazy moments) or SGD, see recsys.tasks.optim
+            opt, self._sparse_modules = build_sparse_adam(self.model, self.lr, self.optimizer_name)
+            return opt
         params = [p for p in self.model.parameters() if p.requires_grad]
         return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_fit_end(self) -> None:
+        """Give the model back with dense embedding gradients (later stages, export and callers expect them)."""
+        for m in self._sparse_modules:
+            m.sparse = False
+        self._sparse_modules = []
 
 
 class TaskFamily:

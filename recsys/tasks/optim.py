@@ -1,0 +1,108 @@
+"""Row-wise (sparse) embedding updates: embedding tables get sparse gradients and ``torch.optim.SparseAdam``, every
+other parameter dense Adam, behind one ``torch.optim.Optimizer`` so Lightning sees a single optimizer.
+
+Why: with dense ``nn.Embedding`` gradients and ``torch.optim.Adam`` every step writes a table-sized zero gradient and
+runs Adam's element-wise math over EVERY row of every table, although a batch touches only its own rows. A py-spy
+profile of NeuMF (ml-1m, batch 256) had ~55 % of the time in Adam's per-tensor loops and ~30 % in backward (dense
+embedding gradients); the cost followed table size, not batch size. With sparse gradients both become proportional
+to the rows in the batch.
+
+Semantic difference from dense Adam ("lazy Adam"): a row absent from a batch is not touched at all. Dense Adam decays
+that row's moments (m *= beta1, v *= beta2) and still moves the row by lr * m_hat / (sqrt(v_hat) + eps) on every step
+(momentum carries it); SparseAdam leaves the row's weights and moments frozen until the row appears again, and its bias
+correction uses the step count of the whole table, not of the row. SparseAdam also adds eps to sqrt(v) before the
+bias correction (dense Adam after it), a ~1e-3 relative difference on early steps. Rows seen in every step otherwise
+get the same updates.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+SPARSE_CHOICES = ("auto", "true", "false")
+
+
+def sparse_embeddings(model: nn.Module) -> list[nn.Embedding]:
+    """Plain ``nn.Embedding`` modules whose weight is a trainable leaf parameter (not pruned, not parametrized,
+    not a quantized subclass): the ones that can produce sparse gradients safely."""
+    out = []
+    for m in model.modules():
+        if type(m) is not nn.Embedding or parametrize.is_parametrized(m):
+            continue
+        w = m._parameters.get("weight")
+        if isinstance(w, nn.Parameter) and w.requires_grad and m.max_norm is None:
+            out.append(m)
+    return out
+
+
+def resolve_sparse(setting: Any, optimizer: str, weight_decay: float, model: nn.Module) -> bool:
+    """``train.sparse`` (auto | true | false) -> whether to train with row-wise embedding updates.
+
+    ``auto``: yes for Adam or plain SGD without weight decay when the model has plain embedding tables; ``true``
+    insists (and says why it cannot when it cannot); ``false``: dense updates of every row, the reference semantics.
+    For SGD (no momentum) sparse and dense updates are the same math: a row without gradient does not move."""
+    s = str(setting).lower() if setting is not None else "false"
+    if s not in SPARSE_CHOICES:
+        raise ValueError(f"train.sparse={setting!r} is not one of {list(SPARSE_CHOICES)}")
+    if s == "false":
+        return False
+    ok = optimizer in ("adam", "sgd") and not weight_decay and bool(sparse_embeddings(model))
+    if s == "true" and not ok:
+        raise ValueError(f"train.sparse=true needs train.optimizer=adam or sgd (got {optimizer!r}), train.weight_decay=0 "
+                         f"(got {weight_decay}) and a model with plain nn.Embedding tables; use train.sparse=auto")
+    return ok
+
+
+class SparseDenseAdam(torch.optim.Optimizer):
+    """SparseAdam over the given embedding weights + Adam over the rest, stepped together (see the module docstring
+    for the lazy-moment semantics). ``param_groups`` are the inner optimizers' groups, so lr changes reach both."""
+
+    def __init__(self, sparse_params: Iterable[torch.Tensor], dense_params: Iterable[torch.Tensor], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        sparse_params, dense_params = list(sparse_params), list(dense_params)
+        super().__init__(sparse_params + dense_params, {"lr": lr, "betas": betas, "eps": eps})
+        self.inner: list[torch.optim.Optimizer] = []
+        if sparse_params:
+            self.inner.append(torch.optim.SparseAdam(sparse_params, lr=lr, betas=betas, eps=eps))
+        if dense_params:
+            # foreach: one multi-tensor kernel per op instead of a Python loop per tensor (same math as the default)
+            self.inner.append(torch.optim.Adam(dense_params, lr=lr, betas=betas, eps=eps, foreach=True))
+        self.param_groups = [g for o in self.inner for g in o.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.inner:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.inner:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": [o.state_dict() for o in self.inner]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for o, s in zip(self.inner, state_dict["inner"]):
+            o.load_state_dict(s)
+
+
+def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam"
+                      ) -> tuple[torch.optim.Optimizer, list[nn.Embedding]]:
+    """Switch the model's plain embedding tables to sparse gradients and return (optimizer, the switched modules)."""
+    embs = sparse_embeddings(model)
+    for m in embs:
+        m.sparse = True
+    if optimizer == "sgd":   # torch SGD without momentum/decay accepts sparse gradients: only batch rows are written
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr), embs
+    sparse_ids = {id(m.weight) for m in embs}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    return SparseDenseAdam([m.weight for m in embs], dense, lr=lr), embs
