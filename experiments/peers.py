@@ -338,16 +338,6 @@ def deepfm_pairs(args: argparse.Namespace, work: Path) -> list[tuple[Side, Side]
              Side("project", setting, sys.executable, "project", {"overrides": over}, "samples/s"))]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def log_mlflow(uri: str, table: str, rows: list[Row], meta: dict[str, Any],
                artifact_location: str | None = None) -> str:
     """One MLflow run in experiment ``peers`` (the project's tracking helpers): the table as an artifact, each row's
@@ -414,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[1].ratio = results[1].per_s / results[0].per_s
                 rows += results
     table = markdown_table(rows)
-    meta = {"threads": args.threads, "torch_threads_reported": sorted(threads_seen), "cpu": cpu_model(),
+    sys.path.insert(0, str(ROOT))
+    from recsys import provenance
+
+    meta = {"threads": args.threads, "torch_threads_reported": sorted(threads_seen), "cpu": provenance.cpu_model(),
             "busy_check": reason or f"quiet ({source})", "quick": args.quick, "versions": versions,
             "python": platform.python_version()}
     note = (f"\n\n{args.threads} torch thread(s) per side (reported {sorted(threads_seen)}), {meta['cpu']}; "

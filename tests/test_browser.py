@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from servers import free_port, wait_until_up
 from test_report_store import build_store
 
 pytestmark = pytest.mark.browser
@@ -23,12 +22,6 @@ DRIVER = shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=3000,1100"]  # wide: the grid renders only visible columns
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -47,17 +40,7 @@ def _serve(tmp_path, store):
                             cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until_up(url + "/health", proc, tmp_path / "server.log", "mlflow server")
         exp_id = MlflowClient(uri).get_experiment_by_name(exp).experiment_id
         yield url, exp_id, logged
     finally:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,15 +18,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from servers import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.realdata
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_env(uri: str) -> dict[str, str]:
@@ -128,17 +121,7 @@ def test_mlflow_models_serve_answers_same_top_k(job):
                             stdout=log, stderr=subprocess.STDOUT, env=serve_env(uri), cwd=tmp, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow models serve did not start:\n" + (tmp / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until_up(url + "/ping", proc, tmp / "serve.log", "mlflow models serve")
         users = [1, 7, 500]
         status, body = post(url + "/invocations", {"dataframe_records": [{"user_id": u, "k": 10, "item_ids": []}
                                                                          for u in users]})
