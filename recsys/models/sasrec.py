@@ -196,8 +196,8 @@ class SASRec(nn.Module):
     def unit_groups(self) -> list[UnitGroup]:
         """Embedding dim j = column j of the item/position tables and of every residual write (out, ffn2, norms),
         read by the q/k/v and ffn1 columns; head h = rows h + j*H (j < head_dim) of q/k/v, read by the same columns
-        of ``out``; FFN unit u = row u of ffn1, read by column u of ffn2. Heads and FFN widths are one config size
-        for all blocks (tied)."""
+        of ``out`` (only with n_heads > 1); FFN unit u = row u of ffn1, read by column u of ffn2. Heads and FFN widths
+        are one config size for all blocks (tied)."""
         heads = tuple(j * self.n_heads for j in range(self.head_dim))
         producers = [unit_slice("item_emb.weight", 1), unit_slice("pos_emb.weight", 1),
                      unit_slice("final_norm.weight", 0), unit_slice("final_norm.bias", 0)]
@@ -209,16 +209,17 @@ class SASRec(nn.Module):
                                                           "ffn_norm.bias", "out.weight", "out.bias", "ffn2.weight",
                                                           "ffn2.bias")]
             consumers += [unit_slice(p + k, 1) for k in ("q.weight", "k.weight", "v.weight", "ffn1.weight")]
-            groups.append(UnitGroup(p + "heads", "mlp", self.n_heads,
-                                    [unit_slice(p + f"{m}.{w}", 0, *heads) for m in "qkv" for w in ("weight", "bias")],
-                                    [unit_slice(p + "out.weight", 1, *heads)], tie="n_heads"))
+            if self.n_heads > 1:   # a single head is never removable (it would leave no attention)
+                groups.append(UnitGroup(p + "heads", "mlp", self.n_heads,
+                                        [unit_slice(p + f"{m}.{w}", 0, *heads) for m in "qkv" for w in ("weight", "bias")],
+                                        [unit_slice(p + "out.weight", 1, *heads)], tie="n_heads"))
             groups.append(UnitGroup(p + "ffn", "mlp", self.inner_size,
                                     [unit_slice(p + "ffn1.weight", 0), unit_slice(p + "ffn1.bias", 0)],
                                     [unit_slice(p + "ffn2.weight", 1)], tie="inner_size"))
         return [UnitGroup("embedding_dims", "embeddings", self.hidden_size, producers, consumers), *groups]
 
     def resized(self, n_keep: dict[str, int]) -> dict[str, Any]:
-        return {**self.config(), "hidden_size": n_keep["embedding_dims"], "n_heads": n_keep["blocks.0.heads"],
+        return {**self.config(), "hidden_size": n_keep["embedding_dims"], "n_heads": n_keep.get("blocks.0.heads", self.n_heads),
                 "inner_size": n_keep["blocks.0.ffn"]}
 
     @classmethod
@@ -227,7 +228,7 @@ class SASRec(nn.Module):
         d, h, inner = model_cfg.get("hidden_size"), model_cfg.get("n_heads", 1), model_cfg.get("inner_size", 0)
         if isinstance(d, int):
             out[f"the embedding dims (model.hidden_size={d})"] = ("embeddings", d)
-        if isinstance(h, int):
+        if isinstance(h, int) and h > 1:
             out[f"the attention heads (model.n_heads={h})"] = ("mlp", h)
         if isinstance(inner, int) and (inner or isinstance(d, int)):
             width = f"model.inner_size={inner}" if inner else f"model.inner_size=0, so model.hidden_size={d}"
