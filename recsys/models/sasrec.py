@@ -21,7 +21,7 @@ item after right-padded sequences (what the artifacts and the pipeline's reload 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -189,9 +189,9 @@ class SASRec(nn.Module):
         return self.item_scores(h), state
 
     # ------------------------------------------------------------------------------------ compression contract
-    QUANT_KINDS = ("embeddings", "linear")   # item/position tables; q/k/v/out and FFN projections
-    STUDENT_KEYS = ("hidden_size", "layers", "n_heads", "inner_size", "max_len")
-    STUDENT_ALIASES = {"hidden": "hidden_size", "heads": "n_heads"}
+    QUANT_KINDS: ClassVar[tuple[str, ...]] = ("embeddings", "linear")   # item/position tables; q/k/v/out and FFN projections
+    STUDENT_KEYS: ClassVar[tuple[str, ...]] = ("hidden_size", "layers", "n_heads", "inner_size", "max_len")
+    STUDENT_ALIASES: ClassVar[dict[str, str]] = {"hidden": "hidden_size", "heads": "n_heads"}
 
     def unit_groups(self) -> list[UnitGroup]:
         """Embedding dim j = column j of the item/position tables and of every residual write (out, ffn2, norms),
