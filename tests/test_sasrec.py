@@ -155,7 +155,7 @@ def test_readme_command_trains_and_evaluates_on_yoochoose(tmp_path, shared_data_
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[
             f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", "model=sasrec", "data=yoochoose",
-            "train.epochs=1", "model.hidden_size=16", "model.n_sample=64", "model.max_len=10", "bench.requests=20",
+            "train.epochs=1", "model.hidden_size=16", "model.max_len=10", "bench.requests=20",
             "bench.warmup=2", "bench.full_catalogue_requests=2", "bench.throughput_repeats=1",
             "bench.throughput_batch=128", "trainer.enable_progress_bar=false"])
     run(cfg)
