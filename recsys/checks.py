@@ -5,6 +5,7 @@ reported together in one ``ConfigError``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,6 +60,10 @@ def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
     errs += number_in(cfg, "train.lr", 0.0, 10.0, lo_open=True)
     errs += number_in(cfg, "train.weight_decay", 0.0, 1.0)
     errs += one_of(cfg, "train.optimizer", sorted(OPTIMIZERS))
+    if get(cfg, "trainer") is not None:
+        errs += one_of(cfg, "trainer.enable_progress_bar", [True, False, "auto"])
+    if get(cfg, "train.divergence_factor") is not None:
+        errs += number_in(cfg, "train.divergence_factor", 1.0, float("inf"), lo_open=True)
     if get(cfg, "train.patience") is not None:
         errs += positive_int(cfg, "train.patience")
     if not isinstance(get(cfg, "seed"), int) or isinstance(get(cfg, "seed"), bool):
@@ -87,8 +92,24 @@ def _model_checks(cfg: Mapping[str, Any]) -> list[str]:
     return errs
 
 
+def non_finite(cfg: Any, prefix: str = "") -> list[str]:
+    """Every float in the config (any key: train.lr, model.dropout, prune.ratio, distill.*, ...) must be finite: NaN
+    and inf pass range checks silently (``nan < 0`` is False) and fail later inside torch, after data was read."""
+    if isinstance(cfg, Mapping):
+        return [p for k, v in cfg.items() for p in non_finite(v, f"{prefix}{k}.")]
+    if isinstance(cfg, (list, tuple)):
+        return [p for i, v in enumerate(cfg) for p in non_finite(v, f"{prefix[:-1]}[{i}].")]
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        return [f"{prefix[:-1]}={cfg!r}: must be a finite number (NaN and inf are not allowed)"]
+    return []
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Run every registered check; raise one ConfigError listing all problems."""
+    """Run every registered check; raise one ConfigError listing all problems (non-finite numbers first: the other
+    checks' messages about them would only repeat the key)."""
+    problems = non_finite(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     problems = [p for check in _CHECKS for p in check(cfg)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import checks, tracking
+from recsys import checks, lifecycle, tracking
 from recsys.compress.base import CompressContext, Technique, configured
 from recsys.errors import ConfigError
 from recsys.export.artifact import artifact_meta, check_same_scores, load_artifact, save_artifact
@@ -81,9 +81,9 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | No
                                                               if not k.startswith("pretrain")}
     data_tags = family.data_summary(data)[0]
     # Keys set to null mean "not used" (e.g. train.patience), so adding an optional key keeps existing caches valid;
-    # use_cache=false retrains and refreshes the same entry.
+    # use_cache=false retrains and refreshes the same entry; the divergence guard only stops runs that are never cached.
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
-                 if v is not None and k != "use_cache"}
+                 if v is not None and k not in ("use_cache", "divergence_factor")}
     key = cache_key("dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed)
     path = Path(cfg.paths.cache_dir) / "dense" / f"{cfg.model.name}-{cfg.data.name}-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,7 @@ def results_table(rows: dict[str, dict[str, float]], k: int = 10) -> str:
     """A small markdown table of every stage (headers in the @ form, metric keys stay *_at_*)."""
     cols = [(f"hr_at_{k}", f"HR@{k}", "{:.4f}"), (f"ndcg_at_{k}", f"NDCG@{k}", "{:.4f}"),
             (f"recall_at_{k}", f"recall@{k} (full)", "{:.4f}"), ("auc", "AUC", "{:.4f}"),
+            ("logloss", "logloss", "{:.4f}"),
             ("recall_at_20", "recall@20", "{:.4f}"), ("mrr_at_20", "MRR@20", "{:.4f}"),
             ("params_nonzero", "nonzero params", "{:,.0f}"), ("artifact_bytes", "artifact MB", "{:.3f}"),
             ("latency_p50_ms", "p50 ms", "{:.3f}"), ("latency_p99_ms", "p99 ms", "{:.3f}"),
@@ -202,6 +203,8 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     plain = validate(cfg)
     family = get_family(cfg.model.task)
     Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
+    lifecycle.watch_parent()                       # a sweep worker stops when its launcher dies
+    lifecycle.remove_dead_ckpts(cfg.paths.cache_dir)   # checkpoint folders of jobs killed -9
     data = family.load_data(cfg)
     data_tags, data_metrics = family.data_summary(data)
     out_dir = output_dir()
@@ -262,4 +265,12 @@ def make_logger(cfg: DictConfig, tr: tracking.Tracker) -> Any:
     """Lightning's MLFlowLogger attached to this job's run, so per-epoch curves land beside the stage metrics."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tr.uri, run_id=tr.run_id)
+    class JobRunLogger(MLFlowLogger):
+        """Never ends the run: Lightning's logger marks it FINISHED after every fit (so a job killed -9 later looked
+        finished) and FAILED on any interrupt; the run's end belongs to ``tracking.start_run`` (FINISHED / FAILED /
+        KILLED with the reason)."""
+
+        def finalize(self, status: str = "success") -> None:
+            return None
+
+    return JobRunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tr.uri, run_id=tr.run_id)

@@ -41,6 +41,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from recsys.errors import ConfigError
+from recsys.tracking import short_number
 
 log = logging.getLogger(__name__)
 STUDY_TAG = "optuna_study"
@@ -194,12 +195,16 @@ class StudyTracker:
         self.study_name = study_name
         q = study_name.replace("'", "\\'")
         found = self.client.search_runs([self.exp_id], f"tags.{STUDY_TAG} = '{q}' and tags.`{KIND_TAG}` = 'study'")
+        from recsys.lifecycle import identity
+
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            for k, v in identity().items():   # this launcher now owns it: reaped if it dies (tracking.reap_dead_runs)
+                self.client.set_tag(self.parent_id, k, v)
         else:
             run = self.client.create_run(self.exp_id, run_name=f"study {study_name}",
-                                         tags={STUDY_TAG: study_name, KIND_TAG: "study"})
+                                         tags={STUDY_TAG: study_name, KIND_TAG: "study", **identity()})
             self.parent_id = run.info.run_id
 
     def logged_metric_names(self) -> set[str]:
@@ -241,11 +246,12 @@ class StudyTracker:
             table.to_csv(out_dir / "pareto_front.csv", index=False)
             md = [f"# Study {self.study_name}: Pareto front ({len(front)} of {len(done)} complete trials)", "",
                   "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-            md += ["| " + " | ".join(fmt_value(v) if isinstance(v, float) else str(v) for v in row) + " |"
+            md += ["| " + " | ".join((short_number(v) if c.startswith("params.") else fmt_value(v))
+                                     if isinstance(v, float) else str(v) for c, v in zip(table.columns, row)) + " |"
                    for row in table.itertuples(index=False)]
             (out_dir / "pareto_front.md").write_text("\n".join(md) + "\n")
             fig = study_front([t.values for t in done], directions, names, [t.number for t in done],
-                              title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
+                              params=[t.params for t in done], title=f"study {self.study_name}: {len(front)} Pareto-optimal of {len(done)} trials")
             fig.savefig(out_dir / "pareto_front.png", dpi=110)
             plt.close(fig)
             self.client.log_metric(self.parent_id, "study/n_pareto", len(front))
@@ -455,7 +461,7 @@ class TradeoffSweeper:
                  directions: Sequence[str], seconds: float) -> None:
         """One line per finished trial: k/n complete, its values, the best so far (the Pareto front when several)."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        params = ", ".join(f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
+        params = ", ".join(f"{k}={short_number(v)}" for k, v in trial.params.items())
         got = ", ".join(f"{n}={fmt_value(v)}" for n, v in zip(names, values)) if values else "FAILED"
         best = ""
         if done:

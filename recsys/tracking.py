@@ -92,15 +92,19 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def _short_value(v: str) -> str:
-    """Numbers rounded to 3 significant digits (``2.9375e-05`` -> ``2.94e-05``, ``0.23333`` -> ``0.233``)."""
+def short_number(v: Any, digits: int = 3) -> str:
+    """A sampled hyper-parameter for people: floats to ``digits`` significant digits (``2.9375e-05`` -> ``2.94e-05``,
+    ``0.0071144760093434225`` -> ``0.00711``); integers, booleans and words unchanged. Run names, report tables and
+    plot labels all print values through this. A value that rounding would not change is printed as given (``0.0``)."""
+    s = str(v)
+    if isinstance(v, bool) or s.strip().lstrip("+-").isdigit():
+        return s
     try:
-        f = float(v)
+        f = float(s)
     except ValueError:
-        return v
-    if v.strip().lstrip("+-").isdigit():
-        return v
-    return f"{f:.3g}"
+        return s
+    short = f"{f:.{digits}g}"
+    return s if float(short) == f else short
 
 
 def readable_run_name(base: str, overrides: list[str]) -> str:
@@ -111,7 +115,7 @@ def readable_run_name(base: str, overrides: list[str]) -> str:
         key = key.lstrip("+~")
         if not sep or key in NAME_SKIP_KEYS or key.startswith(NAME_SKIP_PREFIXES):
             continue
-        parts.append(f"{key}={_short_value(value)}")
+        parts.append(f"{key}={short_number(value)}")
     return " ".join([base, *parts])
 
 
@@ -168,18 +172,67 @@ class Tracker:
         mlflow.log_text(text, name)
 
 
+def reap_dead_runs(uri: str) -> list[str]:
+    """Mark FAILED, with a note, the runs of this store left RUNNING by a process of this host that no longer exists
+    (kill -9, OOM killer, power loss); returns their ids. Runs of live processes and of other hosts are left alone."""
+    from recsys import lifecycle
+
+    client = MlflowClient(uri)
+    host = lifecycle.hostname().replace("'", "")
+    reaped = []
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                      f"tags.`process.host` = '{host}'", max_results=1000):
+            t = run.data.tags
+            if not lifecycle.is_dead(t.get("process.host"), t.get("process.pid"), t.get("process.start")):
+                continue
+            note = (f"reaped: the process that ran this job (host {t.get('process.host')}, pid {t.get('process.pid')})"
+                    " died without ending the run (kill -9, out of memory, power loss); marked FAILED by a later job")
+            client.set_tag(run.info.run_id, "failure", note)
+            client.set_tag(run.info.run_id, "mlflow.note.content", note)
+            client.set_terminated(run.info.run_id, "FAILED")
+            print(f"[tracking] run {run.info.run_id} ({run.info.run_name}) was left RUNNING by a dead process: "
+                  "marked FAILED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
 @contextmanager
 def start_run(uri: str, experiment: str, run_name: str, artifact_location: str | None = None,
               tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
-    """Open one MLflow run for the job; it ends FINISHED, or FAILED with the error kept, and what was logged stays."""
+    """Open one MLflow run for the job; it ends FINISHED, FAILED with the error kept in the ``failure`` tag and note, or
+    KILLED with the signal named (SIGTERM / SIGINT); what was logged stays. Runs of dead processes are reaped first."""
+    from recsys import lifecycle
+
     uri = normalise_uri(uri)
     exp_id = init_store(uri, experiment, artifact_location)
     mlflow.set_tracking_uri(uri)
-    base_tags = {"git_commit": git_commit(), "host_threads": os.cpu_count()}
+    reap_dead_runs(uri)
+    base_tags = {"git_commit": git_commit(), "host_threads": os.cpu_count(), **lifecycle.identity()}
     if len(run_name) > MAX_RUN_NAME_LEN:  # the whole name stays readable in a tag (tags hold up to 8000 characters)
         base_tags["full_run_name"] = run_name
         run_name = run_name[:MAX_RUN_NAME_LEN - 3] + "..."
     base_tags.update(tags or {})
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
                           tags={k: str(v) for k, v in base_tags.items()}) as run:
-        yield Tracker(run, uri)
+        tracker = Tracker(run, uri)
+        try:
+            yield tracker
+        except lifecycle.JobInterrupted as e:
+            note = f"killed by {e.signame} (signal {e.signum}); the process exits with status {e.exit_code}"
+            _end_with_note(tracker, "KILLED", {"killed_by_signal": e.signame}, note)
+            raise
+        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised unchanged
+            _end_with_note(tracker, "FAILED", {}, f"{type(e).__name__}: {e}"[:4000])
+            raise
+
+
+def _end_with_note(tracker: Tracker, status: str, tags: Mapping[str, str], note: str) -> None:
+    """End the active run with ``status``, its reason in the ``failure`` tag and the run's note (shown in the UI)."""
+    try:
+        tracker.client.set_tag(tracker.run_id, "failure", note)
+        tracker.client.set_tag(tracker.run_id, "mlflow.note.content", note)
+        for k, v in tags.items():
+            tracker.client.set_tag(tracker.run_id, k, v)
+    finally:
+        mlflow.end_run(status)

@@ -71,6 +71,12 @@ class Technique:
         """Problems with the whole job config (named by key, value and what is allowed); empty when fine."""
         return []
 
+    @classmethod
+    def is_noop(cls, group_cfg: Mapping[str, Any]) -> bool:
+        """True when these settings change nothing (``prune.ratio=0``): no stage runs and the job is reported as not
+        compressed, so a sweep may start from the group's neutral default."""
+        return False
+
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         return model
 
@@ -107,13 +113,21 @@ def technique_class(group: str, method: str) -> type[Technique] | None:
 
 
 def _selected(cfg: Mapping[str, Any]) -> list[tuple[str, str, type[Technique] | None]]:
-    """(group, method, class or None when unknown) of every group whose method is not ``none``, in pipeline order."""
+    """(group, method, class or None when unknown) of every group whose method is not ``none`` and whose settings do
+    something (``Technique.is_noop``), in pipeline order."""
     out = []
     for group in ORDER:
         g = cfg.get(group)
         if isinstance(g, Mapping) and g.get("method", "none") not in (None, "none"):
-            out.append((group, g["method"], technique_class(group, g["method"])))
+            cls = technique_class(group, g["method"])
+            if cls is None or not cls.is_noop(g):
+                out.append((group, g["method"], cls))
     return out
+
+
+def active_groups(cfg: Mapping[str, Any]) -> list[str]:
+    """The config groups whose technique runs in this job (``prune`` is absent at ``prune.ratio=0``)."""
+    return [group for group, _, _ in _selected(cfg)]
 
 
 def configured(cfg: Mapping[str, Any]) -> list[Technique]:

@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys.data.ctr_table import feature_frame, encode_categories
 from recsys.data.sources import DataNotFoundError, find_file, resolve_files, sha256_files
+from recsys.data.validate import check_bad_lines, read_table
 from recsys.errors import ConfigError
 
 CRITEO_KEYS = {"name": None, "format": None, "source": None, "file": None, "sep": ",", "header": True,
-               "min_count": 10, "val_fraction": 0.1, "test_fraction": 0.1, "max_rows": None}
+               "min_count": 10, "val_fraction": 0.1, "test_fraction": 0.1, "max_rows": None, "bad_lines": "error"}
 INFO_KEYS = frozenset({"description", "family", "task"})
 N_DENSE, N_CAT = 13, 26
 ML1M_AGES = (1, 18, 25, 35, 45, 50, 56)
@@ -146,13 +148,18 @@ class CTRTable:
 
     name: str
     checksum: str
-    cat: np.ndarray           # (N, n_cat) int64, per-field ids: 0 missing, 1 rare/unseen, 2.. frequent values
+    cat: np.ndarray           # (N, n_cat [+ n_bags * bag_len]) int64, per-field ids: 0 missing, 1 rare/unseen,
+    #                           2.. frequent; multi-hot fields' padded ids follow the categorical ones (DeepFM splits them)
     dense: np.ndarray         # (N, n_dense) float32
     labels: np.ndarray        # (N,) float32
     field_dims: list[int]
     train_idx: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray
+    bag_dims: list[int] = field(default_factory=list)
+    bag_len: int = 0
+    split_rule: str = ""
+    skipped_lines: int = 0
 
 
 def parse_criteo_cfg(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,6 +181,7 @@ def parse_criteo_cfg(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"data.{key}={v!r}: must be a number in (0, 1).")
     if vf + tf >= 1.0:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {vf + tf}: must be < 1 (rows left to train on).")
+    check_bad_lines(cfg["bad_lines"])
     return cfg
 
 
@@ -185,44 +193,37 @@ def log_transform(x: np.ndarray) -> np.ndarray:
 
 def bucket_categories(col: pd.Series, train_rows: np.ndarray, min_count: int) -> tuple[np.ndarray, int]:
     """Ids of one categorical column: 0 missing, 1 rare (< min_count in training rows) or unseen, 2.. frequent."""
-    vals = np.array(["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in col.tolist()],
-                    dtype=object)
-    missing = vals == ""
-    train_vals = vals[train_rows][~missing[train_rows]]
-    uniq, counts = np.unique(train_vals.astype(str), return_counts=True)
-    frequent = np.sort(uniq[counts >= min_count])
-    index = {v: i + 2 for i, v in enumerate(frequent)}
-    ids = np.array([0 if m else index.get(v, 1) for v, m in zip(vals, missing)], dtype=np.int64)
-    return ids, len(frequent) + 2
+    return encode_categories(col, np.asarray(train_rows), min_count)
 
 
 def read_criteo(cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any, seed: int) -> CTRTable:
-    """Encode a Criteo-format file (see the module docstring)."""
+    """Encode a Criteo-format file (see the module docstring); read and validated by pyarrow."""
     folder = resolve_files(cfg["source"], data_dir, cache_dir, [cfg["file"]], download=False)
     path = find_file(folder, cfg["file"])
     names = ["label"] + [f"I{i}" for i in range(1, N_DENSE + 1)] + [f"C{i}" for i in range(1, N_CAT + 1)]
-    df = pd.read_csv(path, sep=cfg["sep"], header=0 if cfg["header"] else None, nrows=cfg["max_rows"],
-                     dtype={c: str for c in names[1 + N_DENSE:]} if cfg["header"] else None, keep_default_na=True)
-    if not cfg["header"]:
-        if df.shape[1] != len(names):
-            raise ConfigError(f"{path}: {df.shape[1]} columns, the Criteo format has 40 (label, I1..I13, C1..C26); "
-                              f"check data.sep={cfg['sep']!r} and data.header.")
-        df.columns = names
-    missing = [c for c in names if c not in df.columns]
+    t = read_table(path, sep=cfg["sep"], header=cfg["header"], n_cols=None if cfg["header"] else len(names),
+                   bad_lines=cfg["bad_lines"], max_rows=cfg["max_rows"],
+                   expected="label, I1..I13, C1..C26", names=None if cfg["header"] else names)
+    missing = [c for c in names if c not in t.frame.columns]
     if missing:
-        raise ConfigError(f"{path}: Criteo columns {missing[:5]}... not found; columns found: {list(df.columns)[:8]}...")
+        raise ConfigError(f"{path}: Criteo columns {missing[:5]}... not found; columns found: "
+                          f"{list(t.frame.columns)[:8]}... (data.sep={cfg['sep']!r}, data.header={cfg['header']}).")
+    gen = {"cat_cols": names[1 + N_DENSE:], "multi_cols": [], "num_cols": names[1:1 + N_DENSE]}
+    df = t.columns({"label": ("label", "label", "label")}, keep=feature_frame(t, gen))
     n = len(df)
     perm = np.random.default_rng(seed).permutation(n)
     n_test, n_val = int(round(cfg["test_fraction"] * n)), int(round(cfg["val_fraction"] * n))
     test_idx, val_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:n_test + n_val]), np.sort(perm[n_test + n_val:])
     cats, dims = [], []
     for c in names[1 + N_DENSE:]:
-        ids, v = bucket_categories(df[c], train_idx, int(cfg["min_count"]))
+        ids, v = encode_categories(df[f"c:{c}"], train_idx, int(cfg["min_count"]))
         cats.append(ids)
         dims.append(v)
-    dense = np.stack([log_transform(pd.to_numeric(df[c], errors="coerce").to_numpy()) for c in names[1:1 + N_DENSE]], 1)
+    dense = np.stack([log_transform(df[f"n:{c}"].to_numpy()) for c in names[1:1 + N_DENSE]], 1)
     return CTRTable(cfg["name"], sha256_files([path]), np.stack(cats, 1), dense,
-                    df["label"].to_numpy(dtype=np.float32), dims, train_idx, val_idx, test_idx)
+                    df["label"].to_numpy(dtype=np.float32), dims, train_idx, val_idx, test_idx,
+                    split_rule=f"random rows (seed={seed}): test = {cfg['test_fraction']:g}, validation = "
+                               f"{cfg['val_fraction']:g}", skipped_lines=t.skipped)
 
 
 __all__ = ["SideFeatures", "CTRTable", "movielens_side_features", "side_feature_folder", "parse_criteo_cfg",

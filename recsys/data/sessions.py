@@ -5,13 +5,20 @@ Data config (``conf/data/*.yaml``) for ``format: sessions`` — unknown keys are
 
 ================ =====================================================================================================
 ``name``         str, required.
-``format``       ``sessions`` (tab-separated click logs with a header, e.g. the GRU4Rec/session-rec YooChoose files).
+``format``       ``sessions``: click logs (CSV / TSV / Parquet), e.g. the GRU4Rec/session-rec YooChoose files, or a
+                 user's own (``data=sessions_csv``).
 ``source``       folder under the data root.
-``train_file``   training clicks; ``test_file``: test clicks (required); ``val_file``: optional validation clicks
+``train_file``   clicks (all of them when there is no test file); ``test_file``: optional test clicks; without it the
+                 split is temporal: sessions that END in the last ``test_days`` days (when set), else the last
+                 ``test_fraction`` of sessions by end time, are the test set. ``val_file``: optional validation clicks
                  (without it, the last ``val_fraction`` of training sessions by start time are held out for validation).
 ``session_col``  / ``item_col`` / ``time_col``: column names (defaults SessionId / ItemId / Time).
-``sep``          field separator (default tab); ``header``: whether the files have a header row (default true).
-``val_fraction`` float in (0, 1), default 0.05 (only used without ``val_file``).
+``time_format``  null (times are numbers) or how date strings are written: ``%Y-%m-%d``, ``%Y-%m-%dT%H:%M:%S``, ...
+                 or ``iso8601``.
+``sep``          field separator (default tab; names ``tab``, ``comma``, ``semicolon``, ``space``, ``pipe`` work);
+                 ``header``: whether the files have a header row (default true).
+``val_fraction`` float in (0, 1), default 0.05 (only used without ``val_file``); ``test_fraction`` default 0.1.
+``bad_lines``    ``error`` (default) or ``skip`` (malformed lines dropped and counted: ``data/skipped_lines``).
 ================ =====================================================================================================
 
 Rules (as the official GRU4Rec evaluation): clicks are ordered by (session, time); test/validation clicks on items never
@@ -36,11 +43,13 @@ from torch.utils.data import IterableDataset
 from recsys.data.config import parse_data_cfg
 from recsys.data.readers import read_csv_interactions, read_movielens
 from recsys.data.sources import resolve_files, sha256_files
+from recsys.data.validate import check_bad_lines, normalize_sep, read_table
 from recsys.errors import ConfigError
 
 SESSION_KEYS = {"name": None, "format": None, "source": None, "train_file": None, "test_file": None, "val_file": None,
                 "session_col": "SessionId", "item_col": "ItemId", "time_col": "Time", "sep": "\t", "header": True,
-                "val_fraction": 0.05}
+                "val_fraction": 0.05, "test_days": None, "test_fraction": 0.1, "time_format": None,
+                "bad_lines": "error"}
 INFO_KEYS = frozenset({"description", "family", "task"})
 
 
@@ -77,6 +86,8 @@ class SessionData:
     val: Sessions
     test: Sessions
     dropped_test_events: int = 0
+    split_rule: str = ""
+    skipped_lines: int = 0
 
     def item_counts(self) -> np.ndarray:
         """Training click count of each item (popularity, for negative sampling)."""
@@ -112,12 +123,18 @@ def parse_session_cfg(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data config (format sessions): unknown key(s) {unknown}; allowed keys: "
                           f"{sorted(SESSION_KEYS)}.")
     cfg = {k: (raw[k] if raw.get(k) is not None else v) for k, v in SESSION_KEYS.items()}
-    for key in ("name", "source", "train_file", "test_file"):
+    for key in ("name", "source", "train_file"):
         if not cfg[key]:
             raise ConfigError(f"data config (format sessions): missing required key 'data.{key}'.")
-    vf = cfg["val_fraction"]
-    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < vf < 1.0:
-        raise ConfigError(f"data.val_fraction={vf!r}: must be a number in (0, 1).")
+    for key in ("val_fraction", "test_fraction"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+            raise ConfigError(f"data.{key}={v!r}: must be a number in (0, 1).")
+    td = cfg["test_days"]
+    if td is not None and (isinstance(td, bool) or not isinstance(td, (int, float)) or td <= 0):
+        raise ConfigError(f"data.test_days={td!r}: must be a positive number of days (or null).")
+    cfg["sep"] = normalize_sep(raw.get("sep", cfg["sep"]))
+    check_bad_lines(cfg["bad_lines"])
     return cfg
 
 
@@ -131,18 +148,30 @@ def order_problem(data_cfg: Mapping[str, Any], model_name: str) -> str | None:
             f"order: {why}. Use data=yoochoose, data=ml-100k or data=ml-1m-half, or a csv with data.time_col set.")
 
 
-def _read_log(path: Any, cfg: Mapping[str, Any]) -> pd.DataFrame:
-    cols = [cfg["session_col"], cfg["item_col"], cfg["time_col"]]
-    df = pd.read_csv(path, sep=cfg["sep"], header=0 if cfg["header"] else None, engine="c")
-    if not cfg["header"]:
-        df.columns = [str(c) for c in df.columns]
-        cols = [str(c) for c in cols]
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ConfigError(f"{path}: column(s) {missing} not found; columns found: {list(df.columns)} "
-                          f"(data.session_col / item_col / time_col).")
-    return pd.DataFrame({"session": df[cols[0]].to_numpy(), "item": df[cols[1]].to_numpy(),
-                         "time": df[cols[2]].to_numpy(dtype=np.float64)})
+def _read_log(path: Any, cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, int]:
+    """(session, item, time) of a click log, validated; and the number of malformed lines skipped."""
+    t = read_table(path, sep=cfg["sep"], header=cfg["header"], bad_lines=cfg["bad_lines"])
+    df = t.columns({"session": (cfg["session_col"], "data.session_col", "id"),
+                    "item": (cfg["item_col"], "data.item_col", "id"),
+                    "time": (cfg["time_col"], "data.time_col", "time")}, time_format=cfg["time_format"])
+    if df["item"].dtype.kind not in "iu":   # string item ids are compared as strings across files
+        df["item"] = df["item"].astype(str).to_numpy(dtype=object)
+    df["session"] = pd.factorize(df["session"])[0].astype(np.int64)   # sessions never span files: codes suffice
+    return df, t.skipped
+
+
+def temporal_split(df: pd.DataFrame, test_days: float | None, test_fraction: float) -> tuple[np.ndarray, str]:
+    """Mask of test clicks: sessions ending in the last ``test_days`` days, else the last ``test_fraction`` of sessions
+    by end time (ties by session id); and the rule in words."""
+    end = df.groupby("session")["time"].max()
+    if test_days is not None:
+        test_sessions = end.index[end.to_numpy() > end.max() - 86400.0 * float(test_days)]
+        rule = f"temporal: test = sessions ending in the last {test_days:g} day(s)"
+    else:
+        order = end.sort_values(kind="stable")
+        test_sessions = order.index[int(len(order) * (1 - test_fraction)):]
+        rule = f"temporal: test = the last {test_fraction:g} of sessions by end time"
+    return df["session"].isin(test_sessions).to_numpy(), rule
 
 
 def _encode(df: pd.DataFrame, item_ids: np.ndarray) -> tuple[pd.DataFrame, int]:
@@ -156,24 +185,42 @@ def _encode(df: pd.DataFrame, item_ids: np.ndarray) -> tuple[pd.DataFrame, int]:
 
 
 def load_session_log(cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:
-    """Train/val/test sessions from tab-separated click logs (``format: sessions``)."""
-    required = [cfg["train_file"], cfg["test_file"]] + ([cfg["val_file"]] if cfg["val_file"] else [])
+    """Train/val/test sessions from click logs (``format: sessions``): test from ``test_file`` or a temporal split;
+    test / validation clicks on items unseen in training are dropped, then sessions shorter than 2."""
+    required = [f for f in (cfg["train_file"], cfg["test_file"], cfg["val_file"]) if f]
     folder = resolve_files(cfg["source"], data_dir, cache_dir, required)
-    train = _read_log(folder / cfg["train_file"], cfg)
+    train, skipped = _read_log(folder / cfg["train_file"], cfg)
+    if cfg["test_file"]:
+        test, n = _read_log(folder / cfg["test_file"], cfg)
+        skipped += n
+        rule = f"test = {cfg['test_file']}"
+    else:
+        is_test, rule = temporal_split(train, cfg["test_days"], float(cfg["test_fraction"]))
+        train, test = train[~is_test], train[is_test]
     if cfg["val_file"]:
-        val = _read_log(folder / cfg["val_file"], cfg)
+        val, n = _read_log(folder / cfg["val_file"], cfg)
+        skipped += n
+        rule += f"; validation = {cfg['val_file']}"
     else:  # hold out the sessions that start last
         start = train.groupby("session")["time"].min().sort_values(kind="stable")
         held = set(start.index[int(len(start) * (1 - cfg["val_fraction"])):])
         is_val = train["session"].isin(held).to_numpy()
         train, val = train[~is_val], train[is_val]
+        rule += f"; validation = the last {cfg['val_fraction']:g} of training sessions by start time"
     item_ids = np.unique(train["item"].to_numpy())
     tr, _ = _encode(train, item_ids)
     va, _ = _encode(val, item_ids)
-    te, dropped = _encode(_read_log(folder / cfg["test_file"], cfg), item_ids)
+    te, dropped = _encode(test, item_ids)
     mk = lambda d: _sessions_from_frame(d["session"].to_numpy(), d["item"].to_numpy(), d["time"].to_numpy())  # noqa: E731
-    return SessionData(cfg["name"], sha256_files(folder / f for f in required), len(item_ids), item_ids, mk(tr),
-                       mk(va), mk(te), dropped)
+    data = SessionData(cfg["name"], sha256_files(folder / f for f in required), len(item_ids), item_ids, mk(tr),
+                       mk(va), mk(te), dropped, rule + "; test clicks on items unseen in training dropped",
+                       skipped)
+    for part, s in (("training", data.train), ("validation", data.val), ("test", data.test)):
+        if s.n_targets == 0:
+            raise ConfigError(f"data={cfg['name']} ({folder}): no {part} session with 2 or more clicks is left after "
+                              f"the split ({rule}) and dropping items unseen in training; more data, or a different "
+                              "data.test_fraction / data.test_days / data.val_fraction, is needed.")
+    return data
 
 
 def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:
@@ -181,10 +228,11 @@ def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: A
     cfg = parse_data_cfg(data_cfg)
     folder = resolve_files(cfg.source, data_dir, cache_dir, cfg.required_files())
     if cfg.format == "movielens":
-        df = read_movielens(cfg.source, folder)
+        df = read_movielens(cfg.source, folder, bad_lines=cfg.bad_lines)
     else:
         df = read_csv_interactions(folder / cfg.train_file, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col,
-                                   cfg.sep, cfg.header)
+                                   cfg.sep, cfg.header, time_format=cfg.time_format, bad_lines=cfg.bad_lines)
+    skipped = int(df.attrs.get("skipped_lines", 0))
     if cfg.min_rating is not None:
         df = df[df["rating"] >= cfg.min_rating]
     item_ids = np.unique(df["item"].to_numpy())
@@ -202,7 +250,9 @@ def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: A
     val = Sessions(val_off, cut(1), val_t)
     checksum = sha256_files([p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] in
                              ("u", "ratings", str(cfg.train_file).split(".")[0])])
-    return SessionData(cfg.name, checksum, len(item_ids), item_ids, train, val, full)
+    return SessionData(cfg.name, checksum, len(item_ids), item_ids, train, val, full,
+                       split_rule="per user by time: test = last item, validation = the one before",
+                       skipped_lines=skipped)
 
 
 def load_session_data(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> SessionData:

@@ -40,7 +40,7 @@ from recsys.data.sources import default_cache_dir, find_file, resolve_files, sha
 
 log = logging.getLogger(__name__)
 
-SPLIT_VERSION = 1  # bump when the split rules change, so old caches are not reused
+SPLIT_VERSION = 2  # bump when the split rules change, so old caches are not reused
 _ARRAYS = ("train_users", "train_items", "val_users", "val_items", "test_users", "test_items",
            "val_negatives", "test_negatives", "user_ids", "item_ids")
 
@@ -63,6 +63,8 @@ class ImplicitSplit:
     item_ids: np.ndarray
     name: str = ""
     checksum: str = ""
+    split_rule: str = ""          # how the test / validation items were chosen (logged as the run's ``split`` tag)
+    skipped_lines: int = 0        # malformed lines dropped with data.bad_lines=skip
     _csr: dict = field(default_factory=dict, init=False, repr=False)
 
     def train_csr(self) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +102,10 @@ class ImplicitSplit:
         """Test rows whose negatives contain the test item (0 when sampled here; 156 for NCF's own ML-1M file)."""
         return count_test_item_in_negatives(self.test_items, self.test_negatives)
 
+    def tags(self) -> dict[str, str]:
+        """Run tags describing how this split was made."""
+        return {"split": self.split_rule} if self.split_rule else {}
+
     def summary(self) -> dict[str, Any]:
         """Sizes, for logging as MLflow params."""
         return {"name": self.name, "n_users": self.n_users, "n_items": self.n_items, "n_train": len(self.train_users),
@@ -112,15 +118,18 @@ class ImplicitSplit:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         arrays = {k: getattr(self, k) for k in _ARRAYS}
-        np.savez(tmp, n_users=self.n_users, n_items=self.n_items, name=self.name, checksum=self.checksum, **arrays)
+        np.savez(tmp, n_users=self.n_users, n_items=self.n_items, name=self.name, checksum=self.checksum,
+                 split_rule=self.split_rule, skipped_lines=self.skipped_lines, **arrays)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImplicitSplit":
         """Read a split written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as z:
+            extra = {"split_rule": str(z["split_rule"]), "skipped_lines": int(z["skipped_lines"])} \
+                if "split_rule" in z.files else {}
             return cls(n_users=int(z["n_users"]), n_items=int(z["n_items"]), name=str(z["name"]),
-                       checksum=str(z["checksum"]), **{k: z[k] for k in _ARRAYS})
+                       checksum=str(z["checksum"]), **extra, **{k: z[k] for k in _ARRAYS})
 
 
 def _rank_from_end(users: np.ndarray, items: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,10 +188,10 @@ def _source_files(cfg: DataConfig, folder: Path) -> list[Path]:
 def _read_frames(cfg: DataConfig, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, np.ndarray | None]:
     """(all-or-train interactions, pre-split test or None, raw test negatives or None)."""
     if cfg.format == "movielens":
-        return read_movielens(cfg.source, folder), None, None
+        return read_movielens(cfg.source, folder, bad_lines=cfg.bad_lines), None, None
     if cfg.format == "csv":
         kw = dict(user_col=cfg.user_col, item_col=cfg.item_col, time_col=cfg.time_col, rating_col=cfg.rating_col,
-                  sep=cfg.sep, header=cfg.header)
+                  sep=cfg.sep, header=cfg.header, time_format=cfg.time_format, bad_lines=cfg.bad_lines)
         train = read_csv_interactions(find_file(folder, cfg.train_file), **kw)
         test = read_csv_interactions(find_file(folder, cfg.test_file), **kw) if cfg.test_file else None
         return train, test, None
@@ -193,6 +202,8 @@ def _read_frames(cfg: DataConfig, folder: Path) -> tuple[pd.DataFrame, pd.DataFr
 def _compute_split(cfg: DataConfig, folder: Path, seed: int, checksum: str) -> ImplicitSplit:
     """Read, filter, re-index, split and sample (the slow path behind the cache)."""
     df, test_df, raw_negs = _read_frames(cfg, folder)
+    skipped = int(df.attrs.get("skipped_lines", 0)) + (int(test_df.attrs.get("skipped_lines", 0))
+                                                        if test_df is not None else 0)
     if cfg.min_rating is not None:
         df = df[df["rating"] >= cfg.min_rating]
         if test_df is not None:
@@ -209,6 +220,11 @@ def _compute_split(cfg: DataConfig, folder: Path, seed: int, checksum: str) -> I
     u, i = _index(user_ids, df["user"]), _index(item_ids, df["item"])
     ts = df["timestamp"].to_numpy() if "timestamp" in df else None
     split_rng = np.random.default_rng([seed, 0])
+    order = "latest by timestamp" if ts is not None else f"a random item per user (seeded: seed={seed})"
+    if test_df is None:
+        rule = f"leave-one-out: test = {order}, validation = the one before it"
+    else:
+        rule = f"test = the test file; validation = {order} among each user's train items"
     if test_df is None:
         tr, va, te = leave_one_out(u, i, ts, split_rng)
         test_u, test_i = u[te], i[te]
@@ -233,7 +249,8 @@ def _compute_split(cfg: DataConfig, folder: Path, seed: int, checksum: str) -> I
     return ImplicitSplit(
         n_users=n_users, n_items=n_items, train_users=u[tr], train_items=i[tr], val_users=u[va], val_items=i[va],
         test_users=test_u, test_items=test_i, val_negatives=val_negs, test_negatives=test_negs,
-        user_ids=_id_array(user_ids), item_ids=_id_array(item_ids), name=cfg.name, checksum=checksum)
+        user_ids=_id_array(user_ids), item_ids=_id_array(item_ids), name=cfg.name, checksum=checksum,
+        split_rule=rule, skipped_lines=skipped)
 
 
 def _sorted_unique(values: pd.Series) -> np.ndarray:

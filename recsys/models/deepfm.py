@@ -5,8 +5,9 @@ dense (a real value per field, whose embedding is a learned vector scaled by the
 
 Two input modes share the same layers, so compression and measurement code never special-case the data:
 
-* **table mode** (Criteo): ``forward(cat, dense)`` with ``cat`` LongTensor[b, n_cat] (per-field ids, 0-based in each field's
-  vocabulary) and ``dense`` FloatTensor[b, n_dense].
+* **table mode** (Criteo, a user's own CTR rows): ``forward(cat, dense)`` with ``cat`` LongTensor[b, n_cat] (per-field
+  ids, 0-based in each field's vocabulary), followed, when the model has multi-hot fields, by their padded bag ids
+  (n_bags * bag_len columns), and ``dense`` FloatTensor[b, n_dense].
 * **user-item mode** (MovieLens): ``forward(users, items)``; the model holds its side-feature tables as integer buffers
   (``user_table``: the user's categorical fields, ``item_table``: the item's, ``item_bags``: padded multi-hot ids), so it
   is a user x item scorer like NeuMF and is evaluated by the same ranking protocol. The tables ship in the artifact: a
@@ -133,6 +134,9 @@ class DeepFM(nn.Module):
         """Logits: ``(users, items)`` in user-item mode, ``(cat, dense)`` in table mode."""
         if self.n_users:
             return self.logits(*self.lookup(a, b))
+        if self.bag_dims:   # table mode with multi-hot fields: their padded ids follow the categorical ids in ``a``
+            n = len(self.field_dims)
+            return self.logits(a[:, :n], b, a[:, n:].reshape(a.shape[0], len(self.bag_dims), self.bag_len))
         return self.logits(a, b, None)
 
     score = forward

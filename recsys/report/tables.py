@@ -71,15 +71,30 @@ def setting_keys(df: pd.DataFrame) -> list[str]:
     return keys
 
 
+def rounded(values: Sequence[str], digits: int = 3) -> dict[str, str]:
+    """Each raw value -> its ``short_number`` form at ``digits`` significant digits, or at more digits when rounding
+    would make two different values of one key print alike (settings are grouped by label, so they must not merge)."""
+    from recsys.tracking import short_number
+
+    raw = sorted(set(values))
+    for d in range(digits, 18):
+        short = {v: short_number(v, d) for v in raw}
+        if len(set(short.values())) == len(raw):
+            return short
+    return {v: v for v in raw}
+
+
 def with_groups(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs with group columns added: dataset, model, technique, setting (varying keys, seed excluded), seed."""
+    """The runs with group columns added: dataset, model, technique, setting (varying keys, seed excluded, numbers to 3
+    significant digits), seed."""
     out = df.copy()
     keys = setting_keys(df)
+    short = {k: rounded([v for _, r in df.iterrows() if (v := _param(r, k)) is not None]) for k in keys}
     out["dataset"] = [r.get("tags.dataset") or _param(r, "data.name") or "?" for _, r in df.iterrows()]
     out["model"] = [r.get("tags.model") or _param(r, "model.name") or "?" for _, r in df.iterrows()]
     out["technique"] = [technique(r) for _, r in df.iterrows()]
     # a key that is unset (None) for a run does not apply to it (e.g. prune.norm of magnitude pruning): leave it out
-    out["setting"] = [", ".join(f"{k}={v}" for k in keys if (v := _param(r, k)) not in (None, "None", ""))
+    out["setting"] = [", ".join(f"{k}={short[k][v]}" for k in keys if (v := _param(r, k)) not in (None, "None", ""))
                       or "(as configured)" for _, r in df.iterrows()]
     out["seed"] = [_param(r, "seed") or "?" for _, r in df.iterrows()]
     for c in ("dataset", "model"):

@@ -84,7 +84,9 @@ def version_tags(cfg: dict[str, Any], final: dict[str, float], ctx_params: dict[
 
     flat = flatten(cfg)
     tags: dict[str, Any] = {"model": cfg["model"]["name"], "data": cfg["data"]["name"], "artifact_format": artifact_format}
-    used = {p for p in SETTING_PREFIXES if p != "finetune." and flat.get(p + "method") not in (None, "none")}
+    from recsys.compress.base import active_groups
+
+    used = {p for p in SETTING_PREFIXES if p != "finetune." and p[:-1] in active_groups(cfg)}
     if used:
         used.add("finetune.")  # fine-tuning settings matter only when something was compressed
     for k, v in flat.items():

@@ -25,10 +25,10 @@ from recsys.data.ctr import (
     SideFeatures,
     movielens_side_features,
     parse_criteo_cfg,
-    read_criteo,
     side_feature_folder,
 )
 from recsys.data.ctr_datamodule import PairsDataModule, TableDataModule
+from recsys.data.ctr_table import parse_ctr_cfg, read_ctr_table
 from recsys.data.splits import ImplicitSplit, build_split
 from recsys.errors import ConfigError
 from recsys.evaluation import metrics as M
@@ -121,6 +121,8 @@ class CTRFamily(TaskFamily):
         try:
             if data.get("format") == "criteo":
                 parse_criteo_cfg(data)
+            elif data.get("format") in ("ctr_csv", "libfm"):
+                parse_ctr_cfg(data)
             elif data.get("format") == "sessions":
                 return [f"model={cfg.get('model', {}).get('name')} (a CTR model) cannot read data={data.get('name')}: "
                         "format 'sessions' has no user or label fields; use data=ml-1m-loo, ml-100k or criteo."]
@@ -132,8 +134,8 @@ class CTRFamily(TaskFamily):
 
     def load_data(self, cfg: Any) -> CTRData:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-        if data_cfg.get("format") == "criteo":
-            t = read_criteo(parse_criteo_cfg(data_cfg), cfg.paths.data_dir, cfg.paths.cache_dir, int(cfg.seed))
+        if data_cfg.get("format") in ("criteo", "ctr_csv", "libfm"):
+            t = read_ctr_table(data_cfg, cfg.paths.data_dir, cfg.paths.cache_dir, int(cfg.seed))
             return CTRData("table", t.name, t.checksum, table=t)
         min_rating = cfg.model.get("min_rating")
         if data_cfg.get("format") == "movielens" and data_cfg.get("min_rating") is None and min_rating is not None:
@@ -147,16 +149,21 @@ class CTRFamily(TaskFamily):
         tags = {"dataset": data.name, "dataset_checksum": data.checksum, "ctr_data": data.kind}
         if data.kind == "table":
             t = data.table
-            return tags, {"data/n_rows": len(t.labels), "data/n_train": len(t.train_idx), "data/n_test": len(t.test_idx),
-                          "data/positive_rate": float(t.labels.mean()), "data/n_features": float(sum(t.field_dims))}
+            return {**tags, "split": t.split_rule}, {
+                "data/n_rows": len(t.labels), "data/n_train": len(t.train_idx), "data/n_test": len(t.test_idx),
+                "data/positive_rate": float(t.labels.mean()), "data/skipped_lines": t.skipped_lines,
+                "data/n_features": float(sum(t.field_dims) + sum(t.bag_dims) + t.dense.shape[1])}
         s = data.split
-        return tags, {"data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
-                      "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims))}
+        return {**tags, **s.tags()}, {
+            "data/n_users": s.n_users, "data/n_items": s.n_items, "data/n_train": len(s.train_users),
+            "data/n_test": len(s.test_users), "data/n_features": float(sum(data.side.field_dims)),
+            "data/skipped_lines": s.skipped_lines}
 
     def model_spec(self, model_cfg: dict[str, Any], data: CTRData) -> dict[str, Any]:
         kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in TRAIN_KEYS}
         if data.kind == "table":
-            return {**kw, "field_dims": data.table.field_dims, "n_dense": data.table.dense.shape[1]}
+            return {**kw, "field_dims": data.table.field_dims, "n_dense": data.table.dense.shape[1],
+                    "bag_dims": data.table.bag_dims, "bag_len": data.table.bag_len}
         sd = data.side
         return {**kw, "field_dims": sd.field_dims, "bag_dims": sd.bag_dims, "bag_len": sd.item_bags.shape[2],
                 "n_users": data.split.n_users, "n_items": data.split.n_items, "n_user_fields": sd.user_table.shape[1]}

@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from recsys.tasks.progress import EpochLines, resolve_progress_bar
+
 # Known, harmless warnings of Lightning 2.6 with our data path: the batch-level IterableDataset defines __len__ on
 # purpose (single process, exact), and Lightning's own pytree deprecation is not ours to fix.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -32,8 +34,13 @@ def fit(task: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
         cbs.append(checkpoint)
         if patience:
             cbs.append(EarlyStopping(monitor=monitor, mode="max", patience=int(patience)))
+    kwargs = dict(trainer_cfg)
+    # the per-step bar on a terminal only; elsewhere (log files, multirun jobs, CI) one line per epoch
+    kwargs["enable_progress_bar"] = resolve_progress_bar(kwargs.get("enable_progress_bar", "auto"))
+    if not kwargs["enable_progress_bar"]:
+        cbs.append(EpochLines())
     trainer = L.Trainer(max_epochs=epochs, logger=logger, callbacks=cbs, enable_checkpointing=checkpoint is not None,
-                        default_root_dir=ckpt_dir, num_sanity_val_steps=0, **dict(trainer_cfg))
+                        default_root_dir=ckpt_dir, num_sanity_val_steps=0, **kwargs)
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - t0
@@ -71,10 +78,14 @@ class StageTrainer:
         task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
         dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
         Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
-        ckpt = tempfile.mkdtemp(prefix=f"ckpt-{stage}-", dir=str(Path(cfg.paths.cache_dir).resolve()))
+        from recsys.lifecycle import ckpt_prefix
+        from recsys.tasks.guard import DivergenceGuard
+
+        ckpt = tempfile.mkdtemp(prefix=ckpt_prefix(stage), dir=str(Path(cfg.paths.cache_dir).resolve()))
+        guard = DivergenceGuard(stage, cfg.train.get("divergence_factor", 10.0))
         try:
             info = fit(task, dm, epochs or cfg.train.epochs, OmegaConf.to_container(cfg.trainer, resolve=True),
-                       logger=self.logger, callbacks=list(callbacks), ckpt_dir=ckpt,
+                       logger=self.logger, callbacks=[guard, *callbacks], ckpt_dir=ckpt,
                        monitor=f"{stage}/epoch_{family.monitor}", select_best=select_best,
                        patience=cfg.train.get("patience") if select_best else None)
         finally:

@@ -77,9 +77,10 @@ class RankingFamily(TaskFamily):
                            cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
 
     def data_summary(self, data: ImplicitSplit) -> tuple[dict[str, str], dict[str, float]]:
-        tags = {"dataset": data.name, "dataset_checksum": data.checksum}
+        tags = {"dataset": data.name, "dataset_checksum": data.checksum, **data.tags()}
         return tags, {"data/n_users": data.n_users, "data/n_items": data.n_items,
-                      "data/n_train": len(data.train_users), "data/n_test": len(data.test_users)}
+                      "data/n_train": len(data.train_users), "data/n_test": len(data.test_users),
+                      "data/skipped_lines": data.skipped_lines}
 
     def model_spec(self, model_cfg: dict[str, Any], data: ImplicitSplit) -> dict[str, Any]:
         return {**model_kwargs(model_cfg), "n_users": data.n_users, "n_items": data.n_items}

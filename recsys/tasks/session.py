@@ -149,11 +149,11 @@ class SessionFamily(TaskFamily):
                                  cfg.paths.cache_dir)
 
     def data_summary(self, data: SessionData) -> tuple[dict[str, str], dict[str, float]]:
-        return ({"dataset": data.name, "dataset_checksum": data.checksum},
+        return ({"dataset": data.name, "dataset_checksum": data.checksum, "split": data.split_rule},
                 {"data/n_items": data.n_items, "data/n_train_events": data.train.n_events,
                  "data/n_train_sessions": data.train.n_sessions, "data/n_test_events": data.test.n_events,
                  "data/n_test_targets": data.test.n_targets, "data/n_val_targets": data.val.n_targets,
-                 "data/dropped_test_events": data.dropped_test_events})
+                 "data/dropped_test_events": data.dropped_test_events, "data/skipped_lines": data.skipped_lines})
 
     def model_spec(self, model_cfg: dict[str, Any], data: SessionData) -> dict[str, Any]:
         kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in TRAIN_KEYS}

@@ -46,6 +46,11 @@ class _Prune(Technique):
                     errs.append(f"prune.{key}={v!r}: must be {allowed}")
         return errs
 
+    @classmethod
+    def is_noop(cls, group_cfg: dict[str, Any]) -> bool:
+        r = group_cfg.get("ratio")
+        return not isinstance(r, bool) and isinstance(r, (int, float)) and r == 0
+
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
         self.spec = P.spec_from(self.cfg)
         gradual = self.cfg.get("schedule", "oneshot") == "gradual"
