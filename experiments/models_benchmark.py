@@ -10,6 +10,11 @@ artifact bytes, batch-1 latency. Each row is a full pipeline job logged to MLflo
 Training threads are pinned (``--threads``, logged as the tag ``train_threads``); latency uses ``bench.threads`` (1).
 GRU4Rec defaults to the official YooChoose cross-entropy settings (Adagrad lr 0.07, 48 parallel sessions, 2048
 pop^0.2 negatives, logQ 1, shared embedding, dropout 0.2) except the width: ``--gru-hidden`` (official: 480).
+SASRec runs conf/model/sasrec.yaml (2 blocks, 1 head, Adam lr 0.001) at ``--sasrec-hidden`` / ``--sasrec-max-len``;
+its latency request re-encodes a full ``max_len`` window (an upper bound). Reduced-size check (figures not for speed):
+    ... --models sasrec --epochs 1 --sasrec-hidden 16 --sasrec-max-len 10 --root /tmp/sasrec-bench \
+        --bench "bench.requests=50 bench.warmup=5 bench.full_catalogue_requests=3 bench.throughput_repeats=2 \
+        bench.throughput_batch=512"
 """
 from __future__ import annotations
 
@@ -43,7 +48,9 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
            "train.lr=0.07", f"train.epochs={args.gru_epochs or args.epochs}"]
     neumf = ["model=neumf", f"data={args.ranking_data}", f"train.epochs={args.neumf_epochs or args.epochs}",
              *shlex.split(args.neumf)]
-    base = {"neumf": neumf, "deepfm": ["model=deepfm", *ranking], "gru4rec": gru,
+    sasrec = ["data=yoochoose", "model=sasrec", f"model.hidden_size={args.sasrec_hidden}",
+              f"model.max_len={args.sasrec_max_len}", f"train.epochs={args.sasrec_epochs or args.epochs}"]
+    base = {"neumf": neumf, "deepfm": ["model=deepfm", *ranking], "gru4rec": gru, "sasrec": sasrec,
             "deepfm-criteo": ["model=deepfm", "data=criteo", f"train.epochs={args.epochs}", "train.batch_size=512"]}
     out = []
     for name in args.models:
@@ -55,11 +62,14 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["neumf", "deepfm", "gru4rec", "deepfm-criteo"])
+    p.add_argument("--models", nargs="+", default=["neumf", "deepfm", "gru4rec", "sasrec", "deepfm-criteo"])
     p.add_argument("--ranking-data", default="ml-100k-pos4")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--gru-epochs", type=int, default=None)
     p.add_argument("--gru-hidden", type=int, default=100)
+    p.add_argument("--sasrec-epochs", type=int, default=None)
+    p.add_argument("--sasrec-hidden", type=int, default=64)
+    p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--neumf", default="", help="extra NeuMF overrides, e.g. \"model.factors=32 "
                    "model.mlp_layers=[128,64,32]\" (the model of the other ml-1m-loo tables)")
     p.add_argument("--neumf-epochs", type=int, default=None, help="NeuMF's train.epochs (default --epochs); with "

@@ -1,5 +1,5 @@
 """Every registered compression technique on every model family: NeuMF (ranking, ml-100k), DeepFM (CTR, Criteo sample)
-and GRU4Rec (sessions, YooChoose sample), each as a full pipeline job (dense -> compress -> fine-tune -> export ->
+and GRU4Rec / SASRec (sessions, YooChoose sample), each as a full pipeline job (dense -> compress -> fine-tune -> export ->
 reload with identical scores -> measure). Techniques are discovered from the registry, so new ones are picked up.
 
 Slow (one job per pair; the dense model of each family is trained once and cached for the module):
@@ -25,17 +25,21 @@ MODELS = {
     "deepfm": ["data=criteo", "model.embed_dim=4", "model.mlp_layers=[8,4]", "train.batch_size=1024"],
     "gru4rec": ["data=yoochoose", "model.hidden_size=16", "model.n_sample=64", "model.batch_size=64",
                 "train.optimizer=adagrad", "train.lr=0.05"],
+    "sasrec": ["data=yoochoose", "model.hidden_size=16", "model.n_heads=2", "model.layers=1", "model.max_len=10",
+               "model.n_sample=64", "model.batch_size=64"],
 }
 # technique settings that must fit the tiny test models (e.g. a rank below the embedding width)
 TECHNIQUE_OVERRIDES = {"lowrank": ["lowrank.rank=2"]}
 STUDENT = {"neumf": ["distill.student.factors=2"],
            "deepfm": ["distill.student.factors=null", "distill.student.embed_dim=2"],
-           "gru4rec": ["distill.student.factors=null", "distill.student.hidden_size=8"]}
+           "gru4rec": ["distill.student.factors=null", "distill.student.hidden_size=8"],
+           "sasrec": ["distill.student.factors=null", "distill.student.hidden_size=8"]}
 # pairs a technique's own check rejects today (by design or not yet implemented there); strict xfail, so each
 # flips to a failure -- and must be removed from here -- the day the technique supports the model.
 UNSUPPORTED = {
     ("deepfm", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
     ("gru4rec", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
+    ("sasrec", "distill", "ranking"): "distill=ranking is defined for the ranking family only",
 }
 PAIRS = [pytest.param(m, g, meth, id=f"{m}-{g}-{meth}",
                       marks=[pytest.mark.xfail(strict=True, reason=UNSUPPORTED[(m, g, meth)])]
@@ -67,7 +71,7 @@ def test_technique_runs_on_model(root, shared_data_dir, model, group, method):
     m = r.data.metrics
     for key in ("final/artifact_bytes", "final/latency_p50_ms", "final/compression_ratio", "final/speedup_p50"):
         assert key in m, key
-    quality = {"neumf": "hr_at_10", "deepfm": "auc", "gru4rec": "recall_at_20"}[model]
+    quality = {"neumf": "hr_at_10", "deepfm": "auc", "gru4rec": "recall_at_20", "sasrec": "recall_at_20"}[model]
     assert 0.0 <= m[f"final/{quality}"] <= 1.0
     # what the technique promises, on the shipped (reloaded) artifact's figures
     promise = PROMISES[(group, method)]
@@ -106,7 +110,8 @@ def _sessions(model):
     return torch.randint(0, model.n_items, (16, 5), generator=g), torch.full((16,), 5)
 
 
-EXAMPLE_INPUTS = {"neumf": _pairs, "deepfm": lambda m: _pairs(m) if m.n_users else _table(m), "gru4rec": _sessions}
+EXAMPLE_INPUTS = {"neumf": _pairs, "deepfm": lambda m: _pairs(m) if m.n_users else _table(m), "gru4rec": _sessions,
+                  "sasrec": _sessions}
 # per technique, the figures that must be strictly smaller than the dense model's
 PROMISES = {
     ("prune", "magnitude"): ["params_nonzero"],                 # fewer non-zeros
