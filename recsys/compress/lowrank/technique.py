@@ -8,6 +8,7 @@ from torch import nn
 
 from recsys.compress.base import CompressContext, Technique, register
 from recsys.compress.lowrank import TARGETS, LowRankConfig, factorize_, static_embedding_dims
+from recsys.errors import ConfigError
 
 
 @register
@@ -51,6 +52,11 @@ class LowRankSVD(Technique):
                                targets=tuple(self.cfg.get("targets", ["embeddings"])))
         report = factorize_(model, config)
         mods = report["modules"]
+        if not mods:  # say so instead of shipping the dense model as if it were compressed
+            raise ConfigError(f"lowrank=svd: no matrix of {type(model).__name__} is factorised with "
+                              f"lowrank.targets={list(config.targets)} at lowrank.rank={config.rank} / "
+                              f"lowrank.energy={config.energy} (no plain nn.Embedding / nn.Linear a factorisation "
+                              "makes smaller); the shipped model would be the dense one")
         ctx.metrics["lowrank_modules"] = float(len(mods))
         ctx.metrics["lowrank_params_ratio"] = report["params_after"] / max(report["params_before"], 1)
         if mods:
