@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from filelock import FileLock
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from recsys import checks, lifecycle, tracking
@@ -290,16 +291,15 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     return objective_values(cfg, logged)
 
 
+class JobRunLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger that never ends the run: Lightning's logger marks it FINISHED after every fit (so a job
+    killed -9 later looked finished) and FAILED on any interrupt; the run's end belongs to ``tracking.start_run``
+    (FINISHED / FAILED / KILLED with the reason). Module level, so that DDP's spawned ranks can pickle it."""
+
+    def finalize(self, status: str = "success") -> None:
+        return None
+
+
 def make_logger(cfg: DictConfig, tr: tracking.Tracker) -> Any:
     """Lightning's MLFlowLogger attached to this job's run, so per-epoch curves land beside the stage metrics."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    class JobRunLogger(MLFlowLogger):
-        """Never ends the run: Lightning's logger marks it FINISHED after every fit (so a job killed -9 later looked
-        finished) and FAILED on any interrupt; the run's end belongs to ``tracking.start_run`` (FINISHED / FAILED /
-        KILLED with the reason)."""
-
-        def finalize(self, status: str = "success") -> None:
-            return None
-
     return JobRunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tr.uri, run_id=tr.run_id)

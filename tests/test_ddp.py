@@ -85,7 +85,7 @@ def test_session_shards_partition_the_sessions_and_run_equal_steps():
     steps = it.rank_steps(0, 2)
     assert steps == min(sum(1 for _ in it.plan(0, r, 2)) for r in range(2)) and steps > 0
     for r in range(2):  # a rank's batch holds only its own sessions (item id // 100 = session), batch_size / 2 wide
-        for pos, _ in it.plan(0, r, 2):
+        for pos, _, _ in it.plan(0, r, 2):
             assert len(pos) == 2 and set(np.array(items)[pos] // 100) <= set(parts[r])
 
 

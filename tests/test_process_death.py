@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys import lifecycle, tracking
-from recsys.sweep import KIND_TAG
+from recsys.sweep_tracking import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.batch_size=8192", "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=30", "bench.warmup=5",

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from recsys.compress.base import active_groups, configured
 from recsys.pipeline import validate
-from recsys.sweep import KIND_TAG
+from recsys.sweep_tracking import KIND_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "train.batch_size=8192", "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=30",
