@@ -89,6 +89,13 @@ RUN_HERE: dict[str, list[str] | None] = {
 # (test, [fragments]) for a test that reads the command from the README itself: each fragment must be part of the
 # command and appear in the test's source
 COVERED: dict[str, str | tuple[str, list[str]]] = {
+    "python run.py model=sasrec data=yoochoose train.epochs=5":
+        ("tests/test_sasrec.py::test_readme_command_trains_and_evaluates_on_yoochoose", ["model=sasrec", "data=yoochoose"]),
+    "python run.py trainer.strategy=ddp trainer.devices=2":
+        ("tests/test_ddp.py::test_two_process_ddp_matches_single_process_hr", ["trainer.strategy=ddp", "trainer.devices=2"]),
+    "python run.py -m hparams_search=train_lr hydra.sweeper.storage=$RECSYS_OPTUNA_STORAGE hydra.sweeper.n_jobs=1":
+        ("tests/test_stack.py::test_three_workers_share_one_study_and_a_killed_trial_is_retried",
+         ["run.py -m hparams_search=train_lr hydra.sweeper.storage=$RECSYS_OPTUNA_STORAGE ", "hydra.sweeper.n_jobs=1"]),
     "python run.py -m prune.ratio=0.2,0.4,0.6": "tests/test_sweep_commands.py::test_prune_ratio_sweep_runs_as_typed",
     "python run.py -m hparams_search=prune_lr": "tests/test_sweep_commands.py::test_hparams_search_prune_lr_runs_as_typed",
     "python run.py -m hydra/launcher=submitit_local train.lr=0.001,0.002":
