@@ -164,6 +164,6 @@ def test_readme_command_trains_and_evaluates_on_yoochoose(tmp_path, shared_data_
     m = r.data.metrics
     popular = 20 / m["data/n_items"]        # far above what 20 random items of the catalogue would hit
     assert m["final/recall_at_20"] > 5 * popular and 0 < m["final/mrr_at_20"] < m["final/recall_at_20"]
-    assert load_artifact(Path(client.download_artifacts(r.info.run_id, "artifacts/compressed.pt",
+    assert load_artifact(Path(client.download_artifacts(r.info.run_id, "artifacts/dense.pt",
                                                         str(tmp_path / "dl")))).config()["max_len"] == 10
     mlflow.set_tracking_uri(None)

@@ -183,8 +183,7 @@ def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shar
     deadline, killed = time.time() + 240, None
     while time.time() < deadline and killed is None and procs[0].poll() is None:
         m = re.search(r"\t#(\d+) : ", logs[0].read_text())
-        if m:
-            time.sleep(1.0)
+        if m:  # the trial is asked (RUNNING, first heartbeat sent) before its launch line: kill it at once, mid-trial
             os.killpg(procs[0].pid, signal.SIGKILL)
             killed = int(m.group(1))
         time.sleep(0.2)

@@ -45,10 +45,19 @@ class RankingTask(TrainableTask):
         self._loss_n += len(users)
         return loss
 
-    def on_train_epoch_end(self) -> None:
+    def _log_epoch_loss(self) -> None:
         if self._loss_n:
             self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
         self._loss_sum, self._loss_n = None, 0
+
+    def on_validation_epoch_start(self) -> None:
+        # Validation runs at the end of each training epoch, before any on_train_epoch_end hook: logging here makes the
+        # epoch's loss visible to callbacks (the per-epoch progress line, the divergence guard) for that same epoch.
+        if not self.trainer.sanity_checking:
+            self._log_epoch_loss()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_loss()   # epochs without a validation pass
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         users, candidates = batch
