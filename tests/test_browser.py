@@ -52,6 +52,18 @@ def _serve(tmp_path, store):
         log.close()
 
 
+def headless_chrome(webdriver, service_cls, tmp_path: Path):
+    """Headless Chromium with its own profile under ``tmp_path``, and the folder screenshots go to."""
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for f in FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
+        opts.add_argument(f)
+    driver = webdriver.Chrome(options=opts, service=service_cls(executable_path=DRIVER))
+    shots = Path(os.environ.get("RECSYS_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    return driver, shots
+
+
 def test_mlflow_ui_shows_runs_and_metric_column(mlflow_server, tmp_path):
     if not CHROMIUM or not DRIVER:
         pytest.skip("chromium / chromedriver not installed: run scripts/install_browser.sh "
@@ -63,13 +75,7 @@ def test_mlflow_ui_shows_runs_and_metric_column(mlflow_server, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, exp_id, logged = mlflow_server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for f in FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
-        opts.add_argument(f)
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
-    shots = Path(os.environ.get("RECSYS_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
+    driver, shots = headless_chrome(webdriver, Service, tmp_path)
     try:
         driver.get(f"{url}/#/experiments/{exp_id}/runs")
         body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
@@ -146,13 +152,7 @@ def test_experiment_opens_on_runs_table_and_sweep_runs_compare(sweep_server, tmp
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, exp_id, logged = sweep_server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for f in FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
-        opts.add_argument(f)
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
-    shots = Path(os.environ.get("RECSYS_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
+    driver, shots = headless_chrome(webdriver, Service, tmp_path)
     body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
     wait = WebDriverWait(driver, 60, poll_frequency=0.5)
     names = sorted(logged)
