@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.sampling import sample_train_negatives
+from recsys.data.sampling import TrainPositives, sample_train_negatives
 from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.splits import ImplicitSplit
 from recsys.errors import ConfigError
@@ -33,6 +33,19 @@ class TrainEpochs(IterableDataset):
         self.seed = int(seed)
         self.data_fraction = float(data_fraction)
         self.epoch = 0
+        self._positives: TrainPositives | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickled (DDP spawn) without the lookup: each process rebuilds it once, rather than shipping it."""
+        state = dict(self.__dict__)
+        state["_positives"] = None
+        return state
+
+    def positives(self) -> TrainPositives:
+        """The train-positive lookup, built on first use and kept for every later epoch."""
+        if self._positives is None:
+            self._positives = TrainPositives(self.indptr, self.indices, self.n_items)
+        return self._positives
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``__iter__`` produce epoch ``epoch``."""
@@ -65,7 +78,8 @@ class TrainEpochs(IterableDataset):
             mine = rng.permutation(n_pos)[shard(n_pos, rank, world)]
             users, items, n_pos = users[mine], items[mine], len(mine)
             rng = np.random.default_rng([self.seed, epoch, 1 + rank])
-        negs = sample_train_negatives(users, self.indptr, self.indices, self.n_items, self.num_negatives, rng)
+        negs = sample_train_negatives(users, None, None, self.n_items, self.num_negatives, rng,
+                                      positives=self.positives())
         all_users = torch.from_numpy(np.concatenate([users, np.repeat(users, self.num_negatives)]))
         all_items = torch.from_numpy(np.concatenate([items, negs]))
         labels = torch.zeros(len(all_users), dtype=torch.float32)
