@@ -72,7 +72,7 @@ def test_eval_loaders(split):
 
 # sha256 of epochs 0-2 (single process, and rank 1 of 2) for the toy split below, seed 7, data_fraction 0.8:
 # generated from main at 9e1d2b4, BEFORE the train-positive lookup was built once per split, so this proves the
-# reuse changed no draw. Any change to the epoch plan, the negatives or the shuffle must update it deliberately.
+# reuse (and the in-place, lower-memory epoch assembly) changed no draw. Any change to the epoch plan, the negatives or the shuffle must update it deliberately.
 _EPOCHS_SHA256 = "9a1ffeeea7fcd26edf22caf080edeed47962a109fe8e049cd7f7160328cf9024"
 
 
@@ -82,8 +82,9 @@ def test_positives_lookup_built_once_and_epochs_unchanged(dense, monkeypatch, tm
 
     from recsys.data import datamodule, sampling
 
-    if not dense:
+    if not dense:  # the sorted-keys lookup, queried in small blocks (as at ML-20M size)
         monkeypatch.setattr(sampling, "_DENSE_CELLS", 0)
+        monkeypatch.setattr(sampling, "_CHUNK", 7)
     built = []
     real = sampling.TrainPositives
 

@@ -9,6 +9,7 @@ from recsys.errors import ConfigError
 # Below this many user x item cells a dense boolean mask is used for membership tests (22 MB for ML-1M);
 # above it, a binary search over sorted (user * n_items + item) keys.
 _DENSE_CELLS = 64_000_000
+_CHUNK = 1 << 22   # membership queries answered per block
 
 
 def csr_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +43,11 @@ class _Membership:
             self.keys = np.sort(rows * n_items + indices)
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if users.ndim == 1 and len(users) > _CHUNK:  # bounded temporaries (ML-20M: 80 M queries, not 3 x 640 MB)
+            out = np.empty(len(users), dtype=bool)
+            for s in range(0, len(users), _CHUNK):
+                out[s:s + _CHUNK] = self(users[s:s + _CHUNK], items[s:s + _CHUNK])
+            return out
         q = users * self.n_items + items
         if self.mask is not None:
             return self.mask[q]
