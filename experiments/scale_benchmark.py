@@ -78,7 +78,7 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
 
     overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={args.batch_size}",
                  "train.use_cache=false", f"train.sparse={args.sparse}", "trainer.enable_progress_bar=false",
-                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}"]
+                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}", *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
     family = get_family(cfg.model.task)
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--max-train-minutes", type=float, default=20.0,
                     help="stop the training epoch after this many minutes (0: run it whole)")
     ap.add_argument("--experiment", default="scale-benchmark", help="MLflow experiment")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for both datasets, e.g. bench.requests=200")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     f = args.file.resolve()
@@ -175,6 +176,7 @@ def log_mlflow(args: argparse.Namespace, f: Path, results: dict, facts: dict, ta
     with tracking.start_run(uri, args.experiment, f"scale-{f.name}") as tr:
         tr.log_params({"file": str(f), "baseline": args.baseline, "batch_size": args.batch_size,
                        "threads": args.threads, "sparse": args.sparse, "max_train_minutes": args.max_train_minutes,
+                       "overrides": " ".join(args.overrides),
                        **{f"{n}.{k}": v for n in facts for k, v in facts[n].items()}})
         metrics = {}
         for n, stages in results.items():
