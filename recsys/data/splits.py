@@ -269,6 +269,11 @@ def _index(ids: np.ndarray, values: pd.Series) -> np.ndarray:
     arr = values.to_numpy()
     if ids.dtype == object:
         arr = np.asarray(values.astype(str).to_numpy(), dtype=object)
+    elif len(ids) and 0 <= ids[0] and ids[-1] <= 4 * len(ids) + 1_000_000:
+        # small non-negative integer ids (MovieLens, make_synthetic): a lookup table, O(n) instead of a binary search
+        lut = np.zeros(int(ids[-1]) + 1, dtype=np.int64)
+        lut[ids] = np.arange(len(ids))
+        return lut[arr]
     return np.searchsorted(ids, arr).astype(np.int64)
 
 
