@@ -9,8 +9,9 @@ two columns come from one process and one machine state.
 
     python experiments/make_synthetic.py --out /tmp/syn/ml20m/interactions.tsv             # ~1 min alone
     RECSYS_DATA_DIR=../shared/datasets python experiments/scale_benchmark.py --file /tmp/syn/ml20m/interactions.tsv
-    # a reduced check: make_synthetic.py --users 20000 --items 8000 --rows 2000000 --out /tmp/syn/s2m/interactions.tsv
-    # then --file /tmp/syn/s2m/interactions.tsv --baseline none
+    # a reduced check (ML-20M's items, a tenth of its users, 2 M rows):
+    #   make_synthetic.py --users 13849 --items 26744 --rows 2000000 --out /tmp/syn/s2m10/interactions.tsv
+    #   then --file /tmp/syn/s2m10/interactions.tsv --baseline none --max-train-minutes 3
 
 Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s within 20 % of ML-1M, full ranking
 <= 10 min. Timings are only meaningful on a quiet machine.
