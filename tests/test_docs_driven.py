@@ -12,9 +12,9 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -80,7 +80,7 @@ class Doc:
 
 ONE_LOO = "python run.py data=ml-1m-loo model.factors=32 model.mlp_layers=[128,64,32]"
 DRIVEN: dict[str, Doc] = {
-    # -- group ncf: NeuMF on ml-1m-loo, the seed / sparsity tables and their reports (one dense cache)
+    # -- group ncf: NeuMF on ml-1m-loo, the seed / sparsity / quantization tables and their reports (one dense cache)
     ONE_LOO: Doc("ncf", RUN + NCF, 1, lambda r, _: params(r, "model.factors") == ["32"]
                  and params(r, "data.name") == ["ml-1m-loo"]),
     ONE_LOO + " model.pretrain=true": Doc("ncf", RUN + NCF, 1, lambda r, _: params(r, "model.pretrain") == ["True"]),
@@ -120,7 +120,16 @@ DRIVEN: dict[str, Doc] = {
         Doc("ncf", ["--epochs", "1", *NCF, RUN[1], *RUN[3:]], 1,
             lambda r, _: params(r, "model.pretrain") == ["True"] and metric_endswith(r, "bench/harness_over_bare"),
             sweep_dir=False),
-    # -- group other: DeepFM, GRU4Rec, the quantization table, sweeps, serving
+    "python experiments/quant_table.py":         # every row, then the table
+        Doc("ncf", RUN + NCF + FT, 10, lambda r, _: table_rows(artifact(kind(r, "report")[0], "quant_table.md"))
+            == 10, sweep_dir=False),
+    "python experiments/quant_table.py data=ml-100k model.factors=8 model.mlp_layers=[64,32,16,8]":
+        Doc("ncf", ["--rows", "fp32,int8_ptq", *RUN, *NCF], 2,
+            lambda r, _: params(r, "data.name") == ["ml-100k"] * 2, sweep_dir=False),
+    "python experiments/quant_table.py --table-only":   # rebuilds from the rows above
+        Doc("ncf", [], 0, lambda r, _: len(kind(r, "report")) == 1
+            and table_rows(artifact(kind(r, "report")[0], "quant_table.md")) >= 10, sweep_dir=False),
+    # -- group other: DeepFM, GRU4Rec, Optuna sweeps, serving
     "python run.py model=deepfm data=ml-1m-loo": Doc("other", RUN, 1, lambda r, _: metric_endswith(r, "auc")),
     "python run.py model=deepfm data=criteo": Doc("other", RUN, 1, lambda r, _: metric_endswith(r, "auc")),
     "python run.py model=gru4rec data=yoochoose train.optimizer=adagrad train.lr=0.07 train.epochs=10":
@@ -129,15 +138,6 @@ DRIVEN: dict[str, Doc] = {
         Doc("other", RUN + GRU, 1, lambda r, _: params(r, "distill.student.hidden_size") == ["32"]),
     "python run.py -m model=neumf,deepfm,gru4rec prune=magnitude prune.ratio=0.5":
         Doc("other", RUN + FT, 3, lambda r, _: params(r, "model.name") == ["deepfm", "gru4rec", "neumf"]),
-    "python experiments/quant_table.py":         # every row, then the table
-        Doc("other", RUN + NCF + FT, 10, lambda r, _: table_rows(artifact(kind(r, "report")[0], "quant_table.md"))
-            == 10, sweep_dir=False),
-    "python experiments/quant_table.py data=ml-100k model.factors=8 model.mlp_layers=[64,32,16,8]":
-        Doc("other", ["--rows", "fp32,int8_ptq", *RUN, *NCF], 2,
-            lambda r, _: params(r, "data.name") == ["ml-100k"] * 2, sweep_dir=False),
-    "python experiments/quant_table.py --table-only":   # rebuilds from the rows above
-        Doc("other", [], 0, lambda r, _: len(kind(r, "report")) == 1
-            and table_rows(artifact(kind(r, "report")[0], "quant_table.md")) >= 10, sweep_dir=False),
     "python run.py -m hparams_search=prune_lr data=ml-1m-loo":
         Doc("other", RUN + FT + SWEEP, 2, lambda r, _: len(kind(r, "study")) == 1),
     "python -m recsys.report --study prune_lr-ml-1m-loo-neumf":   # files + logged to the study's run
@@ -148,8 +148,7 @@ DRIVEN: dict[str, Doc] = {
     "python run.py -m hparams_search=train_lr": Doc("other", RUN + SWEEP, 2, lambda r, _: len(kind(r, "study")) == 1),
     # the same study resumes: with n_trials 3 (last word wins over the typed 30) exactly one more trial runs
     "python run.py -m hparams_search=train_lr hydra.sweeper.n_trials=30":
-        Doc("other", RUN + SWEEP + ["hydra.sweeper.n_trials=3"], 1, lambda r, _: not kind(r, "study")
-            or kind(r, "study")[0]["status"] == "FINISHED"),
+        Doc("other", RUN + SWEEP + ["hydra.sweeper.n_trials=3"], 1, lambda r, _: not kind(r, "study")),
     "python -m recsys.report --study train_lr-ml-100k-neumf":
         Doc("other", [], 0, lambda r, root: (root / "reports" / "train_lr-ml-100k-neumf" / "report.md").exists(),
             sweep_dir=False),
@@ -172,6 +171,14 @@ def argv_of(command: str, doc: Doc, root: Path, i: int) -> list[str]:
     return [*words, *extra]
 
 
+def _check(doc: Doc, runs: Runs, root: Path) -> str | None:
+    """None when the command's own check holds, else why not (an exception in it names the command too)."""
+    try:
+        return None if doc.check(runs, root) else "its result check failed"
+    except Exception as e:  # noqa: BLE001
+        return f"its result check raised {e!r}"
+
+
 @pytest.mark.parametrize("group", sorted({d.group for d in DRIVEN.values()}))
 def test_documented_commands_run_on_tiny_data(group, tmp_path, tiny_data_dir):
     root = tmp_path / "root"
@@ -186,16 +193,16 @@ def test_documented_commands_run_on_tiny_data(group, tmp_path, tiny_data_dir):
     out = tmp_path / "out.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RECSYS_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
     p = subprocess.run([sys.executable, str(ROOT / "tests" / "docs_driver.py"), str(tmp_path / "spec.json"), str(out)],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=900)
+                       cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False)
     results = json.loads(out.read_text()) if out.exists() else []
     bad = [] if p.returncode == 0 else [f"driver exit {p.returncode}: {p.stderr[-3000:]}"]
     for (command, doc), res in zip(cmds, results):
         runs = res["runs"]
-        why = ("exit status %s" % res["rc"] if res["rc"] != 0 else
-               "runs not FINISHED: %s" % [r["status"] for r in runs.values()] if any(
+        why = (f"exit status {res['rc']}" if res["rc"] != 0 else
+               f"runs not FINISHED: {[r['status'] for r in runs.values()]}" if any(
                    r["status"] != "FINISHED" for r in runs.values()) else
                f"{len(jobs(runs))} training runs, expected {doc.jobs}" if len(jobs(runs)) != doc.jobs else
-               None if doc.check(runs, root) else "its result check failed")
+               _check(doc, runs, root))
         if why:
             bad.append(f"{command}\n  appended: {' '.join(doc.extra)}\n  -> {why}\n{res['error'] or ''}"
                        f"{res['output_tail'][-2500:]}")
