@@ -220,8 +220,10 @@ def _compute_split(cfg: DataConfig, folder: Path, seed: int, checksum: str) -> I
                           ignore_index=True)
     user_ids = _sorted_unique(all_users)
     item_ids = _sorted_unique(all_items)
+    del all_users, all_items
     u, i = _index(user_ids, df["user"]), _index(item_ids, df["item"])
-    ts = df["timestamp"].to_numpy() if "timestamp" in df else None
+    ts = np.array(df["timestamp"].to_numpy(), dtype=np.int64) if "timestamp" in df else None  # a copy, not a view
+    del df, frames  # the frame's columns are no longer needed: ~0.5 GB at ML-20M size while the split is built
     split_rng = np.random.default_rng([seed, 0])
     order = "latest by timestamp" if ts is not None else f"a random item per user (seeded: seed={seed})"
     if test_df is None:
