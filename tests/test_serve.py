@@ -139,6 +139,8 @@ def test_mlflow_models_serve_answers_same_top_k(job):
         assert status == 400 and "user_id 999999 is not in the model's training data" in body["message"]
         status, body = post(url + "/invocations", {"inputs": [{"user_id": 7, "k": "ten"}]})   # pydantic, per record
         assert status == 400 and "k" in body["message"], body
+        status, body = post(url + "/invocations", {"dataframe_records": [{"user_id": 7, "k": 3}]})
+        assert status == 400 and "'inputs'" in body["message"], body   # a type-hinted model takes {"inputs": [...]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -16,6 +16,21 @@ MODEL_CODE = Path(__file__).with_name("model_code.py")
 HEADLINE = ("hr_at_10", "ndcg_at_10", "recall_at_10", "recall_at_20", "mrr_at_20", "auc", "artifact_bytes",
             "latency_p50_ms", "latency_full_p50_ms", "compression_ratio")
 SETTING_PREFIXES = ("prune.", "quant.", "distill.", "lowrank.", "finetune.")
+SERVE_PACKAGES = ("recsys-compress", "mlflow", "torch", "numpy", "onnxruntime", "pydantic")
+
+
+def serve_requirements() -> list[str]:
+    """The packages the served model imports, pinned to this environment's versions. Naming them skips MLflow's
+    requirement inference, which loads the model in a subprocess: measured 14.5 s -> 0.4 s per logged model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in SERVE_PACKAGES:
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def input_example(family: str, data: ServeData) -> list[dict[str, Any]]:
@@ -45,7 +60,7 @@ def log_pyfunc(name: str, artifact: str | Path, family: str, data: ServeData, wo
     config = {"family": family, "runtime": runtime, "threads": int(threads)}
     info = mlflow.pyfunc.log_model(
         name=name, python_model=str(MODEL_CODE), artifacts=artifacts, model_config=config,
-        input_example=input_example(family, data),
+        input_example=input_example(family, data), pip_requirements=serve_requirements(),
         registered_model_name=registered_model or None, await_registration_for=60,
         metadata={"runtime": runtime, "runtime_full_catalogue_ms": {k: (round(v, 4) if isinstance(v, float) else v)
                                                                     for k, v in timings.items()}})
