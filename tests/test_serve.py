@@ -148,3 +148,20 @@ def test_mlflow_models_serve_answers_same_top_k(job):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_registry_listing_shows_each_version(job, capsys):
+    """``python -m recsys.report --registry neumf-ml-100k``: one row per registered version, with its run, stage,
+    runtime, settings and headline metrics; an unknown name is exit 2 naming what is registered."""
+    from recsys.report.cli import main
+
+    tmp, uri, client, run_ = job
+    assert main(["--registry", "neumf-ml-100k", "--uri", uri]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
+    assert "Model Registry: neumf-ml-100k (1 versions)" in out and len(rows) == 1, out
+    assert run_.info.run_id[:12] in rows[0] and "| shipped |" in rows[0] and "quant.bits=8 quant.method=ptq" in rows[0]
+    assert f"{run_.data.metrics['final/hr_at_10']:.6g}" in rows[0]
+    assert main(["--registry", "nope", "--uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model named 'nope'" in err and "['neumf-ml-100k']" in err
