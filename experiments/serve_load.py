@@ -205,17 +205,16 @@ def in_process_ms(model: Any, records: list[dict], n: int) -> tuple[float, float
 
 
 KINDS = ("full", "candidates")
-SERVER_START_S = 60     # printed bound for the servers' start (all start together; ~10-20 s each on 2 cores)
+SERVER_START_S = 60     # printed estimate of the servers' start (all four together on 2 cores: 11-25 s seen)
 
 
 def plan(models: list[str], levels: list[int], n_req: int, duration: float) -> str:
-    """What will run and how long the load phase takes at most (printed before anything runs)."""
+    """What will run and how long the load phase takes (printed before anything runs)."""
     cells = len(models) * len(KINDS) * len(levels)
-    bound = cells * duration + SERVER_START_S + len(models) * len(KINDS) * 2
     return (f"[serve_load] {len(models)} models x {len(KINDS)} request kinds x concurrency {levels} = {cells} cells, "
-            f"each <= {n_req} requests or <= {duration:g} s; load phase <= {bound / 60:.1f} min "
-            f"({cells} x {duration:g} s + {SERVER_START_S} s for the servers' start + in-process timing), "
-            f"after training {len(models)} pipeline jobs (their time is printed when done)")
+            f"each <= {n_req} requests or <= {duration:g} s; load phase <= {cells * duration / 60:.1f} min of cells "
+            f"+ the servers' start (~{SERVER_START_S} s, all together) + in-process timing (~1 s a model), after "
+            f"training {len(models)} pipeline jobs (their time is printed when done)")
 
 
 def table_md(rows: list[dict]) -> str:
