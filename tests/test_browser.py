@@ -24,14 +24,27 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--window-size=3000,1100"]  # wide: the grid renders only visible columns
 
 
+@pytest.fixture(scope="module")
+def ui_store(tmp_path_factory):
+    """One store with both tests' experiments (synthetic-compress and sweep-demo) and one ``mlflow server`` over it:
+    a server start is the costly part of these tests, and each test reads only its own experiment."""
+    root = tmp_path_factory.mktemp("ui-store")
+    stores = {"runs": build_store(root), "sweep": build_sweep_store(root)}
+    assert stores["runs"][0] == stores["sweep"][0]   # the same sqlite store
+    gen = _serve(root, stores["runs"][0])
+    url = next(gen)
+    client = MlflowClient(stores["runs"][0])
+    yield {k: (url, client.get_experiment_by_name(exp).experiment_id, logged) for k, (_, exp, logged) in stores.items()}
+    gen.close()
+
+
 @pytest.fixture
-def mlflow_server(tmp_path):
-    yield from _serve(tmp_path, build_store(tmp_path))
+def mlflow_server(ui_store):
+    return ui_store["runs"]
 
 
-def _serve(tmp_path, store):
-    """``mlflow server`` on 127.0.0.1 over ``store`` = (uri, experiment, logged); yields (url, experiment id, logged)."""
-    uri, exp, logged = store
+def _serve(tmp_path, uri):
+    """``mlflow server`` on 127.0.0.1 over the store ``uri``; yields its url."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     log = open(tmp_path / "server.log", "w")
@@ -41,8 +54,7 @@ def _serve(tmp_path, store):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url + "/health", proc, tmp_path / "server.log", "mlflow server")
-        exp_id = MlflowClient(uri).get_experiment_by_name(exp).experiment_id
-        yield url, exp_id, logged
+        yield url
     finally:
         proc.terminate()
         try:
@@ -138,8 +150,8 @@ def build_sweep_store(root: Path) -> tuple[str, str, dict[str, dict[str, float]]
 
 
 @pytest.fixture
-def sweep_server(tmp_path):
-    yield from _serve(tmp_path, build_sweep_store(tmp_path))
+def sweep_server(ui_store):
+    return ui_store["sweep"]
 
 
 def test_experiment_opens_on_runs_table_and_sweep_runs_compare(sweep_server, tmp_path):

@@ -226,7 +226,7 @@ def test_pipeline_distill_then_lowrank_logs_student_and_nokd_twin(tmp_path, shar
             "distill.student.factors=4", "distill.student.mlp_layers=[8,4]", "lowrank=svd", "lowrank.rank=2",
             "finetune.epochs=0", "bench.requests=50", "bench.warmup=5", "bench.full_catalogue_requests=3",
             "bench.throughput_repeats=2", "bench.throughput_batch=512", "trainer.enable_progress_bar=false",
-            "eval.full_ranking=false"])
+            "eval.full_ranking=false", "tracking.log_model=false"])
     run(cfg)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     (r,) = client.search_runs([client.get_experiment_by_name("recsys-compress").experiment_id])

@@ -168,12 +168,14 @@ def test_drain_training_step_compacts_the_state():
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("preset,floor", [("gru4rec_xe_100", 0.45), ("gru4rec_xe_480", None)])
+@pytest.mark.parametrize("preset,floor", [("gru4rec_xe_100", 0.1), ("gru4rec_xe_480", None)])
 def test_presets_compose_and_train_one_epoch_on_yoochoose(preset, floor, shared_data_dir, monkeypatch):
     """The configs of `python run.py experiment=gru4rec_xe_100` and `experiment=gru4rec_xe_480`: both compose with the
-    official files' settings; the 100-unit one trains 1 epoch through experiments/gru4rec_ablation.py (the same family
-    components as run.py; the 480-unit epoch costs ~2.5 min here, so the suite only composes it). Floor: the official
-    100-unit file reaches recall@20 0.5668 after 1 epoch."""
+    official files' settings; the 100-unit one trains through experiments/gru4rec_ablation.py (the same family
+    components as run.py) for the first 200 mini-batches of epoch 1 (`--epochs 1 --limit-batches 200`), then the whole
+    test set is evaluated. Floor: measured 0.18 recall@20 after 200 batches vs 0.019 after 1, so a preset that does not
+    learn fails. The full-epoch parity figure (official 100-unit file: recall@20 0.5668 after 1 epoch; this preset
+    reached > 0.45) is the README ablation's command, not the suite's: an epoch cost ~2.5 min of the suite's 2 cores."""
     import importlib.util
     from pathlib import Path
 
@@ -191,7 +193,8 @@ def test_presets_compose_and_train_one_epoch_on_yoochoose(preset, floor, shared_
     spec = importlib.util.spec_from_file_location("gru4rec_ablation", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    row = mod.main(["--preset", preset, "--epochs", "1", "--threads", "2", f"paths.data_dir={shared_data_dir}"])
+    row = mod.main(["--preset", preset, "--epochs", "1", "--limit-batches", "200", "--threads", "2",
+                    f"paths.data_dir={shared_data_dir}"])
     assert row["recall_at_20"] > floor and 0 < row["mrr_at_20"] < row["recall_at_20"]
 
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.epochs=1", "train.batch_size=8192", "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=30",
         "bench.warmup=5", "bench.full_catalogue_requests=3", "bench.throughput_repeats=2", "bench.throughput_batch=512",
-        "trainer.enable_progress_bar=false", "eval.full_ranking=false"]
+        "trainer.enable_progress_bar=false", "eval.full_ranking=false", "tracking.log_model=false"]
 
 
 @pytest.mark.realdata

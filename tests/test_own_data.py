@@ -25,6 +25,9 @@ TINY = {"neumf": ["model.factors=4", "model.mlp_layers=[8,4]"],
 FAST = ["train.epochs=1", "trainer.enable_progress_bar=false", "bench.requests=10", "bench.warmup=2",
         "bench.full_catalogue_requests=2", "bench.throughput_repeats=2", "bench.throughput_batch=256",
         "finetune.epochs=1"]
+# The served model (tracking.log_model) costs MLflow's requirement-inference subprocess per job; tests/test_serve.py
+# proves it. Kept on for the first interaction-CSV README command (string ids -> the served id maps), off elsewhere.
+NO_SERVE = ["tracking.log_model=false"]
 
 
 # ------------------------------------------------------------------------------------------------ synthetic files
@@ -91,11 +94,11 @@ def model_of(args: list[str]) -> str:
     return next((a.split("=", 1)[1] for a in args if a.startswith("model=")), "neumf")
 
 
-def run_job(tmp_path: Path, data_root: Path, args: list[str]):
+def run_job(tmp_path: Path, data_root: Path, args: list[str], serve: bool = False):
     """Compose ``args`` as run.py would (+ tiny sizes, temporary data root and MLflow store), run, read the run back."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[*args, f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}",
-                                           *FAST, *TINY[model_of(args)]])
+                                           *FAST, *TINY[model_of(args)], *([] if serve else NO_SERVE)])
     run(cfg)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("recsys-compress").experiment_id])
@@ -139,7 +142,7 @@ def test_readme_section_documents_all_three_kinds():
 @pytest.mark.parametrize("command", [c for c in COMMANDS if "--config-dir" not in c and "--cfg" not in c])
 def test_readme_command_runs(command, tmp_path, data_root):
     args = shlex.split(command)[2:]
-    r = run_job(tmp_path, data_root, args)
+    r = run_job(tmp_path, data_root, args, serve=command == next(c for c in COMMANDS if "data=csv" in c))
     source = next(a.split("=", 1)[1] for a in args if a.startswith("data.source="))
     assert r.info.status == "FINISHED"
     assert r.data.tags["dataset"] == source and r.info.run_name.startswith(f"{model_of(args)}-{source}")
@@ -172,7 +175,7 @@ def test_readme_config_dir_and_cfg_job(tmp_path, data_root):
     args = shlex.split(cmd)[1:]
     args[args.index("--config-dir") + 1] = str(tmp_path / rel.split("/")[0])
     out = subprocess.run([sys.executable, *args, f"paths.root_dir={tmp_path}", f"paths.data_dir={data_root}", *FAST,
-                          *TINY["deepfm"]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          *TINY["deepfm"], *NO_SERVE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     r = client.search_runs([client.get_experiment_by_name("recsys-compress").experiment_id])[0]

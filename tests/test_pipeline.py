@@ -20,7 +20,7 @@ def make_cfg(tmp_path: Path, data_dir: Path, *overrides: str):
             f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}",
             "train.epochs=2", "train.batch_size=4096", "model.factors=8", "model.mlp_layers=[16,8]",
             "bench.requests=50", "bench.warmup=10", "bench.full_catalogue_requests=5", "bench.throughput_repeats=3",
-            "bench.throughput_batch=1024", "trainer.enable_progress_bar=false", *overrides])
+            "bench.throughput_batch=1024", "trainer.enable_progress_bar=false", "tracking.log_model=false", *overrides])
 
 
 @pytest.mark.realdata

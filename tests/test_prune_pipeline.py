@@ -24,7 +24,7 @@ def make_cfg(tmp_path: Path, data_dir: Path, *overrides: str):
             f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", "data=ml-100k",
             "train.epochs=1", "model.factors=4", "model.mlp_layers=[8,4]", "finetune.epochs=1",
             "bench.requests=50", "bench.warmup=5", "bench.full_catalogue_requests=3", "bench.throughput_repeats=2",
-            "bench.throughput_batch=512", "trainer.enable_progress_bar=false", *overrides])
+            "bench.throughput_batch=512", "trainer.enable_progress_bar=false", "tracking.log_model=false", *overrides])
 
 
 @pytest.mark.realdata

@@ -279,7 +279,7 @@ def test_pipeline_ships_a_smaller_model(tmp_path, shared_data_dir, model):
             f"paths.root_dir={tmp_path}", f"paths.data_dir={shared_data_dir}", f"model={model}", "prune=structured",
             *PIPELINE[model], "train.epochs=1", "finetune.epochs=1", "finetune.data_fraction=0.1",
             "bench.requests=20", "bench.warmup=2", "bench.full_catalogue_requests=2", "bench.throughput_repeats=1",
-            "bench.throughput_batch=256", "trainer.enable_progress_bar=false"])
+            "bench.throughput_batch=256", "trainer.enable_progress_bar=false", "tracking.log_model=false"])
     run(cfg)      # the pipeline itself checks that the reloaded artifact gives identical scores
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     r = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]

@@ -194,7 +194,7 @@ def test_ptq_gru4rec_pipeline_quantizes_the_gru(tmp_path, shared_data_dir):
             "train.lr=0.05", "train.epochs=1", "finetune.epochs=0", "quant=ptq", "quant.bits=8", "quant.gru_bits=4",
             "quant.targets=[embeddings,linear,gru]", "bench.requests=20", "bench.warmup=2",
             "bench.full_catalogue_requests=2", "bench.throughput_repeats=2", "bench.throughput_batch=64",
-            "trainer.enable_progress_bar=false", "tracking.run_name=gru-ptq"])
+            "trainer.enable_progress_bar=false", "tracking.run_name=gru-ptq", "tracking.log_model=false"])
     run(cfg)   # the pipeline itself checks that the reloaded artifact scores identically (atol=0)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name(cfg.tracking.experiment)

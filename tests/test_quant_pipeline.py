@@ -26,7 +26,7 @@ def _run(root: Path, data_dir: Path, *overrides: str) -> dict:
             f"paths.root_dir={root}", f"paths.data_dir={data_dir}", "data=ml-100k", "train.epochs=1",
             "model.factors=4", "model.mlp_layers=[8,4]", "bench.requests=50", "bench.warmup=5",
             "bench.full_catalogue_requests=3", "bench.throughput_repeats=2", "bench.throughput_batch=512",
-            "trainer.enable_progress_bar=false", *overrides])
+            "trainer.enable_progress_bar=false", "tracking.log_model=false", *overrides])
     run(cfg)
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("recsys-compress")

@@ -270,6 +270,8 @@ def load_session_data(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any
 
 ORDERS, EPOCH_ENDS = ("id", "time"), ("stop", "drain")
 SAMPLE_STORE = 10_000_000   # negatives drawn per vectorised batch of draws (as the official implementation's store)
+BLOCK_STEPS = 4096          # ... but at most this many steps' worth: with a small n_sample (64) a full store was
+                            # 156k steps per block, far more than an epoch uses (the draws are the same stream either way)
 
 
 class SessionParallelBatches(IterableDataset):
@@ -363,10 +365,12 @@ class SessionParallelBatches(IterableDataset):
 
     def _negatives(self, rng: np.random.Generator) -> Iterator[torch.Tensor]:
         """``n_sample`` popularity^alpha negatives per step, drawn in vectorised blocks (same stream as per step)."""
-        per_block = max(1, SAMPLE_STORE // max(1, self.n_sample))
+        per_block = max(1, min(BLOCK_STEPS, SAMPLE_STORE // max(1, self.n_sample)))
         while True:
             draws = np.searchsorted(self.cdf, rng.random(per_block * self.n_sample)).clip(max=self.n_items - 1)
-            yield from torch.from_numpy(draws.astype(np.int64)).view(per_block, self.n_sample)
+            block = torch.from_numpy(draws.astype(np.int64)).view(per_block, self.n_sample)
+            for row in range(per_block):   # one view at a time (iterating the tensor built all of them up front)
+                yield block[row]
 
     def rank_steps(self, epoch: int, world: int) -> int:
         """Steps every rank runs in ``epoch``: the fewest of any rank's share (all of them with one process)."""
