@@ -15,7 +15,31 @@ from torch import nn
 SCORE_TOLERANCE = 1e-4   # an ONNX export must give the artifact's scores to this (fp32 reorderings: ~1e-6)
 
 
-class EagerScorer:
+class _PairScorer:
+    """What every runtime derives from its ``score_pairs(users, items)``: one user's candidates, one user's or a
+    batch of users' full-catalogue scores (all pairs, unless the runtime has a faster full-catalogue path)."""
+
+    n_items: int
+    _all: np.ndarray
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score_all_batch(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) scores of every (user, item) pair."""
+        users = np.asarray(users, dtype=np.int64)
+        return self.score_pairs(np.repeat(users, self.n_items), np.tile(self._all, len(users))).reshape(
+            len(users), self.n_items)
+
+    def score(self, user: int, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        return self.score_pairs(np.full(len(items), user, dtype=np.int64), items)
+
+    def score_all(self, user: int) -> np.ndarray:
+        return self.score_all_batch(np.array([user]))[0]
+
+
+class EagerScorer(_PairScorer):
     """The reloaded artifact in PyTorch."""
 
     name = "eager"
@@ -33,21 +57,12 @@ class EagerScorer:
     @torch.inference_mode()
     def score_all_batch(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_items) scores: the model's full-catalogue scoring when it has one, else all pairs."""
-        users = np.asarray(users, dtype=np.int64)
         if hasattr(self.model, "score_all"):
-            return self.model.score_all(torch.as_tensor(users)).float().numpy()
-        return self.score_pairs(np.repeat(users, self.n_items), np.tile(self._all, len(users))).reshape(
-            len(users), self.n_items)
-
-    def score(self, user: int, items: np.ndarray) -> np.ndarray:
-        items = np.asarray(items, dtype=np.int64)
-        return self.score_pairs(np.full(len(items), user, dtype=np.int64), items)
-
-    def score_all(self, user: int) -> np.ndarray:
-        return self.score_all_batch(np.array([user]))[0]
+            return self.model.score_all(torch.as_tensor(np.asarray(users, dtype=np.int64))).float().numpy()
+        return super().score_all_batch(users)
 
 
-class OnnxScorer:
+class OnnxScorer(_PairScorer):
     """The exported ``score(users, items)`` graph in an ONNX Runtime session."""
 
     name = "onnx"
@@ -63,18 +78,6 @@ class OnnxScorer:
         out = self.ort.session.run(None, {"users": np.asarray(users, dtype=np.int64),
                                           "items": np.asarray(items, dtype=np.int64)})[0]
         return np.asarray(out, dtype=np.float32)
-
-    def score_all_batch(self, users: np.ndarray) -> np.ndarray:
-        users = np.asarray(users, dtype=np.int64)
-        return self.score_pairs(np.repeat(users, self.n_items), np.tile(self._all, len(users))).reshape(
-            len(users), self.n_items)
-
-    def score(self, user: int, items: np.ndarray) -> np.ndarray:
-        items = np.asarray(items, dtype=np.int64)
-        return self.score_pairs(np.full(len(items), user, dtype=np.int64), items)
-
-    def score_all(self, user: int) -> np.ndarray:
-        return self.score_all_batch(np.array([user]))[0]
 
 
 def make_scorer(runtime: str, model: nn.Module, n_items: int, onnx_path: str | Path | None, threads: int) -> Any:
