@@ -39,7 +39,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from recsys import tracking  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.pipeline import run  # noqa: E402
-from recsys.tasks.base import get_family  # noqa: E402
+from recsys.tasks.base import OPTIMIZERS, get_family  # noqa: E402
 
 
 def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
@@ -48,7 +48,7 @@ def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
     from omegaconf import OmegaConf
 
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)   # the harness's optimizer
     loader = family.make_datamodule(data, cfg).train_dataloader()
     n, t0 = 0, None
     for k, (u, i, y) in enumerate(loader):

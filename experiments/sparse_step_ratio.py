@@ -4,7 +4,8 @@ dense Adam (torch's default single-tensor loop). Bare loop over the harness's ow
 (``experiments/ncf_benchmark.py --compare`` gives HR@10 per path).
 
     RECSYS_DATA_DIR=../shared/datasets python experiments/sparse_step_ratio.py --batch-sizes 256 2048 --steps 400
-    # paths: dense | foreach | fused | lazy (SparseAdam) | rowwise (RowwiseAdam) ; --profile PATH: torch.profiler table
+    # paths: dense (torch's CPU-default Adam loop) | foreach | fused | lazy (SparseAdam + fused Adam)
+    # --profile PATH: torch.profiler op table of that path instead
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ from recsys.models import build_model  # noqa: E402
 from recsys.tasks.base import get_family  # noqa: E402
 from recsys.tasks.optim import build_sparse_adam  # noqa: E402
 
-PATHS = ("dense", "foreach", "fused", "lazy", "rowwise")
+PATHS = ("dense", "foreach", "fused", "lazy")
 
 
 def make(path: str, spec: dict, lr: float = 1e-3):
     """(model, optimizer) of one training path, same initial weights for all (seed 0)."""
     torch.manual_seed(0)
     m = build_model(spec)
-    if path in ("lazy", "rowwise"):
-        return m, build_sparse_adam(m, lr, rowwise=path == "rowwise")[0]
+    if path == "lazy":
+        return m, build_sparse_adam(m, lr)[0]
     kw = {"dense": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[path]
     return m, torch.optim.Adam(m.parameters(), lr=lr, **kw)
 
@@ -48,6 +49,36 @@ def steps(m, o, U, I, Y, bs: int, k0: int, n: int) -> None:
         o.step()
 
 
+def subnormal_share(opt: torch.optim.Optimizer) -> float:
+    """Share of Adam's exp_avg / exp_avg_sq entries that are subnormal floats (0 < |x| < float32 tiny)."""
+    tiny = torch.finfo(torch.float32).tiny
+    n = sub = 0
+    for st in opt.state.values():
+        for k in ("exp_avg", "exp_avg_sq"):
+            a = st[k].abs()
+            sub += int(((a > 0) & (a < tiny)).sum())
+            n += a.numel()
+    return sub / max(n, 1)
+
+
+def denormal_check(spec: dict, U, I, Y, bs: int, total: int) -> None:
+    """Does the step slow down as training goes on, and is it subnormal Adam moments (see --denormal-steps)?"""
+    m, o = make("dense", spec)
+    k = 0
+    while k < total:
+        t = {False: 0.0, True: 0.0}
+        for j in range(10):
+            ftz = bool(j % 2)
+            torch.set_flush_denormal(ftz)
+            t0 = time.perf_counter()
+            steps(m, o, U, I, Y, bs, k, 100)
+            t[ftz] += time.perf_counter() - t0
+            k += 100
+        torch.set_flush_denormal(False)
+        print(f"batch {bs} step {k:6d}: subnormal share of Adam moments {subnormal_share(o):.2e}; ms/step "
+              f"flush-to-zero off {t[False] / 500 * 1e3:.2f}, on {t[True] / 500 * 1e3:.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 2048])
@@ -57,6 +88,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", choices=PATHS, help="instead: torch.profiler op table of this path")
     ap.add_argument("--denormal", action="store_true", help="torch.set_flush_denormal(True) first")
+    ap.add_argument("--denormal-steps", type=int, default=0,
+                    help="instead: train the dense path this many steps; every 1,000 report the share of subnormal "
+                         "floats in Adam's moments and ms/step with flush-to-zero off vs on (alternating 100-step blocks)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.denormal:
@@ -70,6 +104,9 @@ def main() -> None:
     U, I, Y = fam.make_datamodule(data, cfg).train_data.epoch_tensors(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ml-1m-loo NeuMF f=32 [128,64,32]", flush=True)
     for bs in args.batch_sizes:
+        if args.denormal_steps:
+            denormal_check(spec, U, I, Y, bs, args.denormal_steps)
+            continue
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
             m, o = make(args.profile, spec)
