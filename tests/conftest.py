@@ -23,3 +23,11 @@ def shared_data_dir() -> Path:
     if d is None:
         pytest.skip("public datasets not found: set RECSYS_DATA_DIR or put ../shared/datasets beside the checkout")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(shared_data_dir, tmp_path_factory) -> Path:
+    """A data root with tiny copies of the shared datasets (tests/tiny_data.py), built once per session."""
+    from tiny_data import build_tiny_root
+
+    return build_tiny_root(shared_data_dir, tmp_path_factory.mktemp("tiny-data"))

@@ -3,6 +3,7 @@
 command added later is picked up), and each must be either
 
 - run here (``RUN_HERE``: tiny overrides appended, the test's own data root, cache and MLflow store), or
+- run on tiny copies of the datasets (``DRIVEN`` in tests/test_docs_driven.py: tiny overrides / flags appended), or
 - named in ``COVERED`` with the test that runs it: that test must exist and contain the command's text, or
 - named in ``NOT_RUN`` with the reason no test can run it on this machine (a cluster, hours of compute) — a list the
   coordinator sees, kept short and explicit instead of silently skipped.
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_docs_driven import DRIVEN
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.docs
@@ -141,44 +143,8 @@ def covered_by_readers() -> dict[str, str]:
     return out
 
 
-_GAP = "not run by any test yet: trains at documented size (ml-1m / criteo / yoochoose / a full table); needs a tiny-size test"
 # command -> why no test runs it here (listed for the coordinator; each is a known gap, not a pass)
 NOT_RUN: dict[str, str] = {
-    **{c: _GAP for c in (
-        "python run.py data=ml-1m-loo model.factors=32 model.mlp_layers=[128,64,32]",
-        "python run.py data=ml-1m-loo model.factors=32 model.mlp_layers=[128,64,32] model.pretrain=true",
-        "python run.py model=deepfm data=ml-1m-loo",
-        "python run.py model=deepfm data=criteo",
-        "python run.py model=gru4rec data=yoochoose train.optimizer=adagrad train.lr=0.07 train.epochs=10",
-        "python run.py -m model=neumf,deepfm,gru4rec prune=magnitude prune.ratio=0.5",
-        "python run.py data=ml-1m-loo distill=kd distill.student.factors=8 distill.alpha=0.5 distill.temperature=2",
-        "python run.py -m data=ml-1m-loo distill=ranking distill.student.factors=4,8,16",
-        "python run.py data=ml-1m-loo lowrank=svd lowrank.rank=8 finetune.epochs=2",
-        "python run.py model=gru4rec data=yoochoose distill=kd distill.student.hidden_size=32",
-        "python run.py -m data=ml-1m-loo model.factors=32 model.mlp_layers=[128,64,32] prune=magnitude "
-        "prune.ratio=0.2,0.4,0.6",
-        "python run.py data=ml-1m-loo prune=structured prune.ratio=0.5 finetune.epochs=2",
-        "python run.py experiment=seed_table",
-        "python run.py -m experiment=seed_table data=ml-100k hydra.sweeper.params.seed=42",
-        "python experiments/seed_table.py",
-        "python run.py experiment=ncf_paper",
-        "python run.py experiment=ncf_paper model.pretrain=false",
-        "python experiments/quant_table.py",
-        "python experiments/quant_table.py data=ml-100k model.factors=8 model.mlp_layers=[64,32,16,8]",
-        "python experiments/quant_table.py --table-only",
-        "python -m recsys.report --experiment seed_table",
-        "python experiments/sparsity_frontier.py",
-        "python experiments/serve_load.py",
-        "python experiments/ncf_benchmark.py",
-        "python experiments/ncf_benchmark.py --pretrain",
-        "python run.py data=csv data.source=my-shop data.train_file=clicks.tsv data.user_col=uid data.item_col=sku",
-        "python run.py -m hparams_search=prune_lr data=ml-1m-loo",
-        "python run.py -m hparams_search=prune_lr hydra.sweeper.n_trials=30",
-        "python -m recsys.report --study prune_lr-ml-1m-loo-neumf",
-        "python run.py -m hparams_search=train_lr",
-        "python run.py -m hparams_search=train_lr hydra.sweeper.n_trials=30",
-        "python -m recsys.report --study train_lr-ml-100k-neumf",
-    )},
     "python run.py -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu hydra.launcher.timeout_min=120 "
     "hydra.launcher.cpus_per_task=8 hydra.launcher.gpus_per_node=1 hydra.launcher.mem_gb=32 train.lr=0.001,0.002":
         "needs a SLURM cluster (tests/test_submitit.py composes it only)",
@@ -211,8 +177,8 @@ def test_every_documented_command_is_accounted_for():
     docs = documented_commands()
     readers = covered_by_readers()
     missing = {c: where for c, where in docs.items()
-               if c not in RUN_HERE and c not in COVERED and c not in NOT_RUN and c not in readers}
-    assert not missing, "documented commands that no test runs (add to RUN_HERE, COVERED or NOT_RUN):\n" + "\n".join(
+               if c not in RUN_HERE and c not in DRIVEN and c not in COVERED and c not in NOT_RUN and c not in readers}
+    assert not missing, "documented commands that no test runs (add to RUN_HERE, DRIVEN, COVERED or NOT_RUN):\n" + "\n".join(
         f"  {where}: {c}" for c, where in missing.items())
 
 
@@ -233,7 +199,7 @@ def test_coverage_table_names_real_tests_that_contain_the_command():
 def test_tables_hold_only_documented_commands():
     """A command removed from the docs must leave the tables too (else they would vouch for nothing)."""
     docs = documented_commands()
-    stale = [c for c in [*RUN_HERE, *COVERED, *NOT_RUN] if c not in docs]
+    stale = [c for c in [*RUN_HERE, *DRIVEN, *COVERED, *NOT_RUN] if c not in docs]
     assert not stale, stale
 
 
