@@ -4,7 +4,8 @@ dense Adam (torch's default single-tensor loop). Bare loop over the harness's ow
 (``experiments/ncf_benchmark.py --compare`` gives HR@10 per path).
 
     RECSYS_DATA_DIR=../shared/datasets python experiments/sparse_step_ratio.py --batch-sizes 256 2048 --steps 400
-    # paths: dense (torch's CPU-default Adam loop) | foreach | fused | lazy (SparseAdam + fused Adam)
+    # paths: dense (torch's CPU-default Adam loop) | foreach | fused | lazy (SparseAdam + fused Adam) |
+    # lightning (fused Adam through the harness's RankingTask + Lightning Trainer: the per-step loop overhead)
     # --profile PATH: torch.profiler op table of that path instead
 """
 from __future__ import annotations
@@ -27,13 +28,17 @@ from recsys.models import build_model  # noqa: E402
 from recsys.tasks.base import get_family  # noqa: E402
 from recsys.tasks.optim import build_sparse_adam  # noqa: E402
 
-PATHS = ("dense", "foreach", "fused", "lazy")
+PATHS = ("dense", "foreach", "fused", "lazy", "lightning")
 
 
 def make(path: str, spec: dict, lr: float = 1e-3):
     """(model, optimizer) of one training path, same initial weights for all (seed 0)."""
     torch.manual_seed(0)
     m = build_model(spec)
+    if path == "lightning":
+        from recsys.tasks.ranking import RankingTask
+        task = RankingTask(m, lr=lr)
+        return m, task
     if path == "lazy":
         return m, build_sparse_adam(m, lr)[0]
     kw = {"dense": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[path]
@@ -41,12 +46,28 @@ def make(path: str, spec: dict, lr: float = 1e-3):
 
 
 def steps(m, o, U, I, Y, bs: int, k0: int, n: int) -> None:
+    if isinstance(o, __import__("lightning").LightningModule):   # the harness's loop over the same batches
+        lightning_steps(o, U, I, Y, bs, k0, n)
+        return
     for j in range(n):
         s = ((k0 + j) * bs) % (len(U) - bs)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(m(U[s:s + bs], I[s:s + bs]), Y[s:s + bs])
         o.zero_grad()
         loss.backward()
         o.step()
+
+
+def lightning_steps(task, U, I, Y, bs: int, k0: int, n: int) -> None:
+    """``n`` training steps through a Lightning Trainer (no validation, no logger, no checkpoint), as fit() runs them.
+    The optimizer state restarts each call (a fresh Trainer); it is not part of a step's cost."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    batches = [(U[s:s + bs], I[s:s + bs], Y[s:s + bs])
+               for s in (((k0 + j) * bs) % (len(U) - bs) for j in range(n))]
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer.fit(task, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
 def subnormal_share(opt: torch.optim.Optimizer) -> float:
