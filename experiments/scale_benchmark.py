@@ -9,11 +9,20 @@ two columns come from one process and one machine state.
 
     python experiments/make_synthetic.py --out /tmp/syn/ml20m/interactions.tsv             # ~1 min alone
     RECSYS_DATA_DIR=../shared/datasets python experiments/scale_benchmark.py --file /tmp/syn/ml20m/interactions.tsv
-    # a reduced check: make_synthetic.py --users 20000 --items 8000 --rows 2000000 --out /tmp/syn/s2m/interactions.tsv
-    # then --file /tmp/syn/s2m/interactions.tsv --baseline none
+    # a reduced check (ML-20M's items, a tenth of its users, 2 M rows):
+    #   make_synthetic.py --users 13849 --items 26744 --rows 2000000 --out /tmp/syn/s2m10/interactions.tsv
+    #   then --file /tmp/syn/s2m10/interactions.tsv --baseline none --max-train-minutes 3
 
 Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s within 20 % of ML-1M, full ranking
 <= 10 min. Timings are only meaningful on a quiet machine.
+
+Bounded: the training epoch stops after ``--max-train-minutes`` (default 20; samples/s is then from the batches done,
+and the table says so), so the whole ML-20M run takes about read+split + negatives + 20 min + evaluation (~10 min)
+at most. ``--sparse`` (default auto) is ``train.sparse``: auto gives row-wise SparseAdam where a batch touches <= 10 %
+of the embedding rows (ML-20M at batch 2048: ~2.5 %) and dense Adam elsewhere (ML-1M: ~40 %); the path each dataset
+used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
+The table and every figure are logged to MLflow (``tracking.uri``: $RECSYS_TRACKING_URI or mlruns/, experiment
+``--experiment``), one run per invocation.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,15 +55,31 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def run_stages(data_overrides: list[str], batch_size: int, cache_dir: str) -> dict[str, tuple[float, float]]:
-    """{stage: (seconds, peak RSS GB after it)} for one dataset."""
-    import lightning as L
+class TrainBudget(L.Callback):
+    """Training-only seconds and samples of the (one) epoch; stops it after ``minutes`` (0: never)."""
 
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from ncf_benchmark import EpochClock
+    def __init__(self, minutes: float) -> None:
+        self.limit, self.seconds, self.samples, self.stopped = 60.0 * minutes, 0.0, 0, False
 
-    overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={batch_size}", "train.use_cache=false",
-                 "trainer.enable_progress_bar=false", "eval.full_ranking=true", f"paths.cache_dir={cache_dir}"]
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.samples += len(batch[0])
+        if self.limit and time.perf_counter() - self._t0 > self.limit:
+            trainer.should_stop, self.stopped = True, True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self._t0
+
+
+def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: str) -> tuple[dict, dict]:
+    """({stage: (seconds, peak RSS GB after it)}, facts) for one dataset."""
+    from recsys.tasks.optim import resolve_sparse
+
+    overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={args.batch_size}",
+                 "train.use_cache=false", f"train.sparse={args.sparse}", "trainer.enable_progress_bar=false",
+                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}", *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
     family = get_family(cfg.model.task)
@@ -71,13 +97,21 @@ def run_stages(data_overrides: list[str], batch_size: int, cache_dir: str) -> di
     stage("negatives (1 epoch)", lambda: dm.train_data.epoch_tensors(0))
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
-    clock = EpochClock()
-    stage("one epoch (fit + val)", lambda: StageTrainer(family, data, cfg).train(model, "dense", callbacks=[clock],
+    sparse = resolve_sparse(family._sparse_setting(cfg, model), cfg.train.optimizer, cfg.train.weight_decay, model)
+    facts = {"users": data.n_users, "items": data.n_items, "train_rows": len(data.train_users),
+             "optimizer_path": "sparse (SparseAdam on embeddings)" if sparse else "dense Adam"}
+    print(f"  {data.n_users:,} users x {data.n_items:,} items, {len(data.train_users):,} train rows; "
+          f"train.sparse={args.sparse} -> {facts['optimizer_path']}", flush=True)
+    budget = TrainBudget(args.max_train_minutes)
+    stage("one epoch (fit + val)", lambda: StageTrainer(family, data, cfg).train(model, "dense", callbacks=[budget],
                                                                                   select_best=False))
     n = family.samples_per_epoch(data, cfg)
-    out["training samples/s"] = (n / clock.seconds[0], peak_rss_gb())
+    facts["epoch_fraction"] = budget.samples / n
+    out["training samples/s"] = (budget.samples / budget.seconds, peak_rss_gb())
+    cut = (f"; STOPPED by --max-train-minutes {args.max_train_minutes:g} after {facts['epoch_fraction']:.1%} of the "
+           "epoch") if budget.stopped else ""
     print(f"  {'training samples/s':28s} {out['training samples/s'][0]:9,.0f}   (training only, "
-          f"{clock.seconds[0]:.1f} s)", flush=True)
+          f"{budget.seconds:.1f} s{cut})", flush=True)
     q = stage("evaluation (all)", lambda: family.evaluate(model, data, cfg))
     out["sampled eval (test)"] = (q["eval_seconds"], peak_rss_gb())
     out["full-ranking eval"] = (q["full_eval_seconds"], peak_rss_gb())
@@ -86,7 +120,7 @@ def run_stages(data_overrides: list[str], batch_size: int, cache_dir: str) -> di
     path = Path(cache_dir) / "model.pt"
     stage("export (save + reload)", lambda: (save_artifact(model, path), load_artifact(path)))
     stage("latency", lambda: family.latency(model, data, cfg))
-    return out
+    return out, facts
 
 
 def main() -> None:
@@ -95,27 +129,67 @@ def main() -> None:
     ap.add_argument("--baseline", default="ml-1m-loo", help="data preset run first for comparison, or 'none'")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false"], help="train.sparse (see above)")
+    ap.add_argument("--max-train-minutes", type=float, default=20.0,
+                    help="stop the training epoch after this many minutes (0: run it whole)")
+    ap.add_argument("--experiment", default="scale-benchmark", help="MLflow experiment")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for both datasets, e.g. bench.requests=200")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     f = args.file.resolve()
     if not f.is_file():
         sys.exit(f"--file {f}: no such file (make one with experiments/make_synthetic.py)")
-    results = {}
+    results, facts = {}, {}
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         if args.baseline != "none":
             print(f"== {args.baseline} ==")
-            results[args.baseline] = run_stages([f"data={args.baseline}"], args.batch_size, tmp + "/base")
+            results[args.baseline], facts[args.baseline] = run_stages([f"data={args.baseline}"], args, tmp + "/base")
         print(f"== {f} ==")
-        results[f.name] = run_stages(["data=csv", f"data.source={f.parent.name}", f"data.train_file={f.name}",
-                                      "data.time_col=timestamp", f"paths.data_dir={f.parent.parent}"],
-                                     args.batch_size, tmp + "/big")
+        results[f.name], facts[f.name] = run_stages(
+            ["data=csv", f"data.source={f.parent.name}", f"data.train_file={f.name}", "data.time_col=timestamp",
+             f"paths.data_dir={f.parent.parent}"], args, tmp + "/big")
     names = list(results)
-    print(f"\n| stage (torch threads={args.threads}, batch {args.batch_size}) | " +
-          " | ".join(f"{n} s (peak RSS GB)" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
+    lines = [f"| stage (torch threads={args.threads}, batch {args.batch_size}, train.sparse={args.sparse}) | " +
+             " | ".join(f"{n} s (peak RSS GB)" for n in names) + " |", "|---|" + "---|" * len(names)]
     for st in results[names[-1]]:
         cells = [f"{results[n][st][0]:,.1f} ({results[n][st][1]:.2f})" if st in results[n] else "–" for n in names]
-        print(f"| {st} | " + " | ".join(cells) + " |")
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    for key in ("users", "items", "train_rows", "optimizer_path", "epoch_fraction"):
+        cells = [f"{facts[n][key]:,}" if isinstance(facts[n][key], int) else
+                 f"{facts[n][key]:.1%}" if isinstance(facts[n][key], float) else str(facts[n][key]) for n in names]
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    if any(facts[n]["epoch_fraction"] < 1.0 for n in names):
+        lines.append(f"\nTraining stopped by --max-train-minutes {args.max_train_minutes:g}: samples/s is over the "
+                     "batches done, and the evaluation figures are of a partly trained model (their seconds are not).")
+    table = "\n".join(lines)
+    print("\n" + table)
+    log_mlflow(args, f, results, facts, table)
+
+
+def log_mlflow(args: argparse.Namespace, f: Path, results: dict, facts: dict, table: str) -> None:
+    """One MLflow run: settings as params, every stage's seconds and peak RSS as metrics, the table as a file."""
+    import re
+
+    from recsys import tracking
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        uri = compose("config").tracking.uri
+    with tracking.start_run(uri, args.experiment, f"scale-{f.name}") as tr:
+        tr.log_params({"file": str(f), "baseline": args.baseline, "batch_size": args.batch_size,
+                       "threads": args.threads, "sparse": args.sparse, "max_train_minutes": args.max_train_minutes,
+                       "overrides": " ".join(args.overrides),
+                       **{f"{n}.{k}": v for n in facts for k, v in facts[n].items()}})
+        metrics = {}
+        for n, stages in results.items():
+            tag = "big" if n == f.name else "baseline"
+            for st, (sec, rss) in stages.items():
+                key = re.sub(r"[^a-z0-9]+", "_", st.lower()).strip("_")
+                metrics[f"{tag}/{key}"] = sec
+                metrics[f"{tag}/{key}_peak_rss_gb"] = rss
+            metrics[f"{tag}/epoch_fraction"] = facts[n]["epoch_fraction"]
+        tr.log_metrics(metrics)
+        tr.log_text(table + "\n", "scale_benchmark.md")
+    print(f"\nlogged to MLflow: {tracking.normalise_uri(uri)} (experiment {args.experiment})")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ COVERED: dict[str, str | tuple[str, list[str]]] = {
          ["ncf_benchmark.py", "--compare", "train.optimizer=adam_loop"]),
     "python experiments/serve_load.py --quick":
         ("tests/test_serve_load.py::test_serve_load_quick_runs_every_cell", ["serve_load.py", "--quick"]),
+    "python -m recsys.report --registry neumf-ml-100k":
+        ("tests/test_serve.py::test_registry_listing_shows_each_version", ["recsys.report", "--registry", "neumf-ml-100k"]),
 }
 
 # test modules that read their commands from the README at test time: file -> (its function returning the commands,

@@ -64,3 +64,17 @@ def test_bad_sizes_raise_clear_errors():
         MLP(10, 10, [15, 8])
     with pytest.raises(ValueError, match="dropout"):
         MLP(10, 10, [16, 8], dropout=1.5)
+
+
+def test_full_catalogue_blocks_of_any_size_score_alike():
+    """tower_scores blocks users by a size chosen from the catalogue (16 at ML-1M, 2 at ML-20M): any block size must
+    give the same scores."""
+    from recsys.models.ncf import MLP
+
+    torch.manual_seed(2)
+    m = MLP(30, 50, layers=[16, 8, 4]).eval()
+    users, w = torch.arange(23), torch.randn(4)
+    with torch.no_grad():
+        ref = m.tower_scores(users, w, chunk=16)
+        for c in (None, 1, 2, 5):
+            torch.testing.assert_close(m.tower_scores(users, w, chunk=c), ref, rtol=1e-5, atol=1e-5)

@@ -88,7 +88,8 @@ def test_job_registers_shipped_model_with_tags_signature_and_id_maps(job):
     assert float(tags["final/hr_at_10"]) == pytest.approx(run_.data.metrics["final/hr_at_10"], rel=1e-5)
     assert tags["serve_runtime"] in ("eager", "onnx")
     info = mlflow.models.get_model_info(f"models:/{name}/1")
-    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["user_id", "k", "item_ids"]
+    record = info.signature.inputs.to_dict()[0]["properties"]   # inferred from predict's list[Request] type hint
+    assert set(record) == {"user_id", "k", "item_ids", "session"} and not any(p["required"] for p in record.values())
     assert info.saved_input_example_info is not None
     arts = {a.path for a in client.list_artifacts(run_.info.run_id, "shipped/artifacts")}
     assert {"shipped/artifacts/serve_data.npz", "shipped/artifacts/compressed.pt"} <= arts
@@ -100,14 +101,14 @@ def test_pyfunc_in_process_matches_artifact_and_rejects_unknown_user(job):
     model = mlflow.pyfunc.load_model(f"runs:/{run_.info.run_id}/dense")
     users = [1, 7, 500]
     got = model.predict([{"user_id": u, "k": 10} for u in users])
-    assert got["item_ids"].tolist() == reference(run_.info.run_id, client, "dense", users, 10)
+    assert [a["item_ids"] for a in got] == reference(run_.info.run_id, client, "dense", users, 10)
     seen_first = reference(run_.info.run_id, client, "dense", [1], 1682)[0]
     z = np.load(client.download_artifacts(run_.info.run_id, "dense/artifacts/serve_data.npz"), allow_pickle=False)
     seen = set(z["item_ids"][z["seen_indices"][z["seen_indptr"][0]:z["seen_indptr"][1]]].tolist())  # user 1 = row 0
     assert z["user_ids"][0] == 1 and 50 in seen and seen_first[-1] in seen and seen_first[0] not in seen
     cands = [seen_first[-1], seen_first[5], 50, seen_first[0]]
     ranked = model.predict([{"user_id": 1, "k": 3, "item_ids": cands}])
-    assert ranked["item_ids"][0] == [seen_first[0], seen_first[5]]  # best first; training items never come back
+    assert ranked[0]["item_ids"] == [seen_first[0], seen_first[5]]  # best first; training items never come back
     with pytest.raises(Exception, match="user_id 999999 is not in the model's training data"):
         model.predict([{"user_id": 999999, "k": 5}])
 
@@ -123,20 +124,23 @@ def test_mlflow_models_serve_answers_same_top_k(job):
     try:
         wait_until_up(url + "/ping", proc, tmp / "serve.log", "mlflow models serve")
         users = [1, 7, 500]
-        status, body = post(url + "/invocations", {"dataframe_records": [{"user_id": u, "k": 10, "item_ids": []}
-                                                                         for u in users]})
+        status, body = post(url + "/invocations", {"inputs": [{"user_id": u, "k": 10, "item_ids": []} for u in users]})
         assert status == 200, body
         served = mlflow.pyfunc.load_model("models:/neumf-ml-100k/1")
-        local_model_ids = lambda recs: served.predict(recs)["item_ids"][0]
+        local_model_ids = lambda recs: served.predict(recs)[0]["item_ids"]
         local = served.predict([{"user_id": u, "k": 10} for u in users])
-        assert [p["item_ids"] for p in body["predictions"]] == local["item_ids"].tolist()
-        np.testing.assert_allclose([p["scores"] for p in body["predictions"]], local["scores"].tolist(), rtol=1e-5)
+        assert [p["item_ids"] for p in body["predictions"]] == [a["item_ids"] for a in local]
+        np.testing.assert_allclose([p["scores"] for p in body["predictions"]], [a["scores"] for a in local], rtol=1e-5)
         assert [p["item_ids"] for p in body["predictions"]] == reference(run_.info.run_id, client, "shipped", users, 10)
         req = [{"user_id": 7, "k": 3, "item_ids": [1, 2, 3, 4, 5, 6, 1000, 1500]}]
         status, body = post(url + "/invocations", {"inputs": req})
         assert status == 200 and body["predictions"][0]["item_ids"] == local_model_ids(req)
         status, body = post(url + "/invocations", {"inputs": [{"user_id": 999999, "k": 2}]})
         assert status == 400 and "user_id 999999 is not in the model's training data" in body["message"]
+        status, body = post(url + "/invocations", {"inputs": [{"user_id": 7, "k": "ten"}]})   # pydantic, per record
+        assert status == 400 and "k" in body["message"], body
+        status, body = post(url + "/invocations", {"dataframe_records": [{"user_id": 7, "k": 3}]})
+        assert status == 400 and "'inputs'" in body["message"], body   # a type-hinted model takes {"inputs": [...]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -144,3 +148,20 @@ def test_mlflow_models_serve_answers_same_top_k(job):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_registry_listing_shows_each_version(job, capsys):
+    """``python -m recsys.report --registry neumf-ml-100k``: one row per registered version, with its run, stage,
+    runtime, settings and headline metrics; an unknown name is exit 2 naming what is registered."""
+    from recsys.report.cli import main
+
+    tmp, uri, client, run_ = job
+    assert main(["--registry", "neumf-ml-100k", "--uri", uri]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
+    assert "Model Registry: neumf-ml-100k (1 versions)" in out and len(rows) == 1, out
+    assert run_.info.run_id[:12] in rows[0] and "| shipped |" in rows[0] and "quant.bits=8 quant.method=ptq" in rows[0]
+    assert f"{run_.data.metrics['final/hr_at_10']:.6g}" in rows[0]
+    assert main(["--registry", "nope", "--uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model named 'nope'" in err and "['neumf-ml-100k']" in err

@@ -40,8 +40,10 @@ def test_given_candidates_are_ranked_and_training_items_dropped():
     s = model.score(torch.tensor([2, 2]), torch.tensor([3, 20])).detach().numpy()
     assert sorted(ids) == [103, 120] and ids[0] == (103 if s[0] >= s[1] else 120)
     assert rec.one({"user_id": 12, "k": 3, "item_ids": []})[0] == rec.one({"user_id": 12, "k": 3})[0]
-    frame = rec.predict(__import__("pandas").DataFrame([{"user_id": 11, "k": 2}, {"user_id": 13, "k": 4}]))
-    assert [len(x) for x in frame["item_ids"]] == [2, 4] and list(frame.columns) == ["item_ids", "scores"]
+    answers = rec.predict([{"user_id": 11, "k": 2}, {"user_id": 13, "k": 4}, {"user_id": 12, "item_ids": [103, 120]}])
+    assert [len(a["item_ids"]) for a in answers] == [2, 4, 2] and all(set(a) == {"item_ids", "scores"} for a in answers)
+    alone = rec.one({"user_id": 13, "k": 4})                       # a batch answers each record as if alone
+    assert answers[1]["item_ids"] == alone[0] and np.allclose(answers[1]["scores"], alone[1], rtol=1e-5)
 
 
 def test_bad_requests_name_the_problem():

@@ -34,7 +34,10 @@ def test_serve_load_quick_runs_every_cell(tmp_path, shared_data_dir):
     for r in cells:
         m = r.data.metrics
         assert m["errors"] == 0 and m["requests"] == 20 and m["requests_per_s"] > 0, (r.info.run_name, m)
-        assert m["p99_ms"] >= m["p50_ms"] > 0 and m["inprocess_p50_ms"] > 0 and m["server_cpu_percent"] > 0
+        assert m["p99_ms"] >= m["p50_ms"] > 0 and m["inprocess_p99_ms"] >= m["inprocess_p50_ms"] > 0
+        assert m["server_cpu_percent"] > 0 and m["overhead_p50_ms"] == pytest.approx(m["p50_ms"] - m["inprocess_p50_ms"])
     versions = client.search_model_versions("name='neumf-ml-100k'")
     assert len(versions) == 4 and {v.tags["stage"] for v in versions} == {"dense", "shipped"}
-    assert "| model | request | concurrency | req/s |" in proc.stdout
+    assert "| model | request | concurrency | req/s |" in proc.stdout and "server overhead p50 ms" in proc.stdout
+    assert proc.stdout.index("load phase <= ") < proc.stdout.index("trained and registered 4 models")  # bound first
+    assert {"provenance.commit", "provenance.cpu", "provenance.torch"} <= set(parent[0].data.tags)

@@ -157,15 +157,19 @@ def test_optuna_study_shared_by_two_processes(stack):
 
 def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shared_data_dir, tmp_path):
     """README "Beyond one machine": the same sweep command started 3 times against the stack shares one study in
-    PostgreSQL: exactly n_trials=5 COMPLETE trials in total (distinct numbers and params), each one FINISHED MLflow run
+    PostgreSQL: exactly n_trials=3 COMPLETE trials in total (distinct numbers and params), each one FINISHED MLflow run
     nested under the study's single parent run. One worker is killed (-9, with its job) mid-trial: its trial goes stale
-    (no heartbeat for grace_period=5 s), is failed and re-queued once, and another worker runs it."""
+    (no heartbeat for grace_period=5 s), is failed and re-queued once, and another worker runs it. Three trials are
+    the fewest that still make the two surviving workers share the study with the retried trial among them (each
+    trial is a whole run.py job: the test's cost is trials x job, so the jobs are tiny too)."""
     import optuna
     from mlflow.tracking import MlflowClient
 
-    n_trials, study_name = 5, "dist-ml-100k"
+    n_trials, study_name = 3, "dist-ml-100k"
     env = {**stack, "RECSYS_DATA_DIR": str(shared_data_dir), "RECSYS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    tiny = " ".join(f"'{a}'" for a in TINY + ["tracking.log_model=false", "bench.throughput_repeats=1"])
+    tiny = " ".join(f"'{a}'" for a in TINY + ["tracking.log_model=false", "bench.throughput_repeats=1",
+                                               "bench.requests=5", "bench.warmup=1", "bench.full_catalogue_requests=1",
+                                               "bench.throughput_batch=64"])
     sweep = (f"{sys.executable} run.py -m hparams_search=train_lr hydra.sweeper.storage=$RECSYS_OPTUNA_STORAGE "
              f"hydra.sweeper.n_jobs=1 hydra.sweeper.n_trials={n_trials} hydra.sweeper.study_name={study_name} "
              f"hydra.sweeper.heartbeat_interval=1 hydra.sweeper.grace_period=5 hydra.sweeper.poll_seconds=0.5 {tiny}")
@@ -216,4 +220,4 @@ def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shar
     assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == sorted(t.number for t in done)
     assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in done}
     outs = "".join(log.read_text() for log in logs[1:])
-    assert outs.count("[sweep] done: 5 complete trials") == 2
+    assert outs.count(f"[sweep] done: {n_trials} complete trials") == 2

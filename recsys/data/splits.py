@@ -220,8 +220,10 @@ def _compute_split(cfg: DataConfig, folder: Path, seed: int, checksum: str) -> I
                           ignore_index=True)
     user_ids = _sorted_unique(all_users)
     item_ids = _sorted_unique(all_items)
+    del all_users, all_items
     u, i = _index(user_ids, df["user"]), _index(item_ids, df["item"])
-    ts = df["timestamp"].to_numpy() if "timestamp" in df else None
+    ts = np.array(df["timestamp"].to_numpy(), dtype=np.int64) if "timestamp" in df else None  # a copy, not a view
+    del df, frames  # the frame's columns are no longer needed: ~0.5 GB at ML-20M size while the split is built
     split_rng = np.random.default_rng([seed, 0])
     order = "latest by timestamp" if ts is not None else f"a random item per user (seeded: seed={seed})"
     if test_df is None:
@@ -269,6 +271,11 @@ def _index(ids: np.ndarray, values: pd.Series) -> np.ndarray:
     arr = values.to_numpy()
     if ids.dtype == object:
         arr = np.asarray(values.astype(str).to_numpy(), dtype=object)
+    elif len(ids) and 0 <= ids[0] and ids[-1] <= 4 * len(ids) + 1_000_000:
+        # small non-negative integer ids (MovieLens, make_synthetic): a lookup table, O(n) instead of a binary search
+        lut = np.zeros(int(ids[-1]) + 1, dtype=np.int64)
+        lut[ids] = np.arange(len(ids))
+        return lut[arr]
     return np.searchsorted(ids, arr).astype(np.int64)
 
 

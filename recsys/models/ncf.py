@@ -155,14 +155,16 @@ class MLP(nn.Module):
 
     score = forward
 
-    def tower_scores(self, users: torch.Tensor, w_out: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    def tower_scores(self, users: torch.Tensor, w_out: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """``tower(user, item) . w_out`` for every item, shape (b, n_items), without materialising all pairs at once.
 
         The first Linear acts on [p_u; q_i], so W [p_u; q_i] = W_u p_u + W_i q_i: both halves are computed once per user
         and once per item and broadcast-added, which removes the largest matmul of full-catalogue scoring exactly. The
         rest runs over blocks of ``chunk`` users so the (chunk x n_items x hidden) intermediates stay in cache; torch.profiler
         showed the unblocked version spending ~70% of its time in memory-bound add/ReLU/copy over a 100+ MB tensor.
-        Dropout is skipped: this is the inference path (eval mode).
+        Dropout is skipped: this is the inference path (eval mode). ``chunk`` (users per block) defaults to 16 up to
+        ~4 M intermediate floats per block (ML-1M with a 64-wide first layer: 16) and fewer users beyond: at ML-20M's
+        26,744 items a 16-user block is 110 MB, and 2-user blocks ran the tower ~3x faster (1 thread, loaded machine).
         """
         lins = [m for m in self.tower if isinstance(m, nn.Linear)]
         emb = self.user_embedding.weight.shape[1]
@@ -172,6 +174,8 @@ class MLP(nn.Module):
         first = lins[0]
         uw = torch.addmm(first.bias, u, first.weight[:, :emb].T)
         iw = items @ first.weight[:, emb:].T
+        if chunk is None:
+            chunk = max(1, min(16, 4_000_000 // max(1, iw.shape[0] * iw.shape[1])))
         inplace = not torch.is_grad_enabled()
         out = []
         for s in range(0, len(users), chunk):

@@ -21,6 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="reports", help="parent folder; files go to <out>/<selection>/ (default reports)")
     p.add_argument("--include-failed", action="store_true", help="also rows for FAILED / RUNNING runs")
     p.add_argument("--no-log", action="store_true", help="do not log the files to MLflow")
+    p.add_argument("--registry", metavar="NAME", help="list the Model Registry versions of NAME (e.g. neumf-ml-100k): "
+                   "run, stage, runtime, compression settings, headline metrics; nothing else is done")
     return p.parse_args(argv)
 
 
@@ -28,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.report import build, load_runs, log_report, write_report
 
     a = parse_args(argv)
+    if a.registry:
+        from recsys.report.registry import registry_markdown, registry_rows
+
+        try:
+            print(registry_markdown(a.registry, registry_rows(a.registry, a.uri)))
+        except ReportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     tags = {}
     for t in a.tag:
         if "=" not in t:

@@ -17,6 +17,48 @@ def _plain(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
 
 
+class _Index:
+    """Original id -> row, by binary search over the sorted ids (ints compare as ints, anything else as strings)."""
+
+    def __init__(self, ids: np.ndarray, what: str) -> None:
+        self.what, self.numeric = what, ids.dtype.kind in "iu"
+        ids = ids if self.numeric else ids.astype(str)
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def _unknown(self, v: Any) -> KeyError:
+        return KeyError(f"{self.what} {v!r} is not in the model's training data")
+
+    def _as_keys(self, ids: list) -> np.ndarray:
+        arr = np.asarray(ids)
+        if not self.numeric:
+            return arr.astype(str)
+        if arr.dtype.kind in "iu":
+            return arr.astype(np.int64)
+        if arr.dtype.kind == "f":   # integral floats (a JSON 5.0) are ids; anything else names itself
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if not bad.any():
+                return arr.astype(np.int64)
+            raise self._unknown(ids[int(np.flatnonzero(bad)[0])])
+        for v in ids:               # strings, bools or a mix: the first value that is not an integer id
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise self._unknown(v)
+        return arr.astype(np.int64)
+
+    def lookup(self, ids: list) -> np.ndarray:
+        """Rows of ``ids``; KeyError naming the first unknown one."""
+        if not ids:
+            return np.zeros(0, dtype=np.int64)
+        arr = self._as_keys(ids)
+        if not len(self.sorted):
+            raise self._unknown(ids[0])
+        pos = np.minimum(np.searchsorted(self.sorted, arr), len(self.sorted) - 1)
+        ok = self.sorted[pos] == arr
+        if not ok.all():
+            raise self._unknown(ids[int(np.flatnonzero(~ok)[0])])
+        return self.order[pos].astype(np.int64)
+
+
 @dataclass
 class ServeData:
     """Id maps and seen items of one served model; ``user_ids`` is empty for session models (no users)."""
@@ -27,34 +69,25 @@ class ServeData:
     seen_indices: np.ndarray
 
     def __post_init__(self) -> None:
-        self._item_index = {self._key(v): i for i, v in enumerate(self.item_ids.tolist())}
-        self._user_index = {self._key(v): i for i, v in enumerate(self.user_ids.tolist())}
-
-    @staticmethod
-    def _key(v: Any) -> Any:
-        return str(v) if not isinstance(v, (int, np.integer)) else int(v)
+        # sorted copies for vectorised lookups (np.searchsorted over the whole request, no per-id Python loop)
+        self._items = _Index(self.item_ids, "item_id")
+        self._users = _Index(self.user_ids, "user_id")
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def _lookup(self, index: dict, ids: Any, what: str, dtype_kind: str) -> np.ndarray:
-        out = []
-        for v in ids:
-            key = int(v) if dtype_kind in "iu" and isinstance(v, (int, float, np.integer, np.floating)) and \
-                float(v).is_integer() else (str(v) if dtype_kind not in "iu" else v)
-            if key not in index:
-                raise KeyError(f"{what} {v!r} is not in the model's training data")
-            out.append(index[key])
-        return np.asarray(out, dtype=np.int64)
-
     def user_index(self, user_id: Any) -> int:
         """Index of an original user id (KeyError naming it when unknown)."""
-        return int(self._lookup(self._user_index, [user_id], "user_id", self.user_ids.dtype.kind)[0])
+        return int(self._users.lookup([user_id])[0])
+
+    def user_indices(self, user_ids: Any) -> np.ndarray:
+        """Indices of original user ids (KeyError naming the first unknown one)."""
+        return self._users.lookup(list(user_ids))
 
     def item_index(self, item_ids: Any) -> np.ndarray:
         """Indices of original item ids (KeyError naming the first unknown one)."""
-        return self._lookup(self._item_index, list(item_ids), "item_id", self.item_ids.dtype.kind)
+        return self._items.lookup(list(item_ids))
 
     def seen(self, user: int) -> np.ndarray:
         """Item indices the user trained on (excluded from its recommendations)."""

@@ -22,18 +22,29 @@ class EagerScorer:
 
     def __init__(self, model: nn.Module, n_items: int) -> None:
         self.model, self.n_items = model.eval(), n_items
-        self._all = torch.arange(n_items)
+        self._all = np.arange(n_items, dtype=np.int64)
 
     @torch.inference_mode()
-    def score(self, user: int, items: np.ndarray) -> np.ndarray:
-        items_t = torch.as_tensor(items, dtype=torch.long)
-        return self.model.score(torch.full_like(items_t, user), items_t).float().numpy()
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of (user, item) index pairs."""
+        return self.model.score(torch.as_tensor(users, dtype=torch.long),
+                                torch.as_tensor(items, dtype=torch.long)).float().numpy()
 
     @torch.inference_mode()
-    def score_all(self, user: int) -> np.ndarray:
+    def score_all_batch(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) scores: the model's full-catalogue scoring when it has one, else all pairs."""
+        users = np.asarray(users, dtype=np.int64)
         if hasattr(self.model, "score_all"):
-            return self.model.score_all(torch.tensor([user]))[0].float().numpy()
-        return self.score(user, self._all.numpy())
+            return self.model.score_all(torch.as_tensor(users)).float().numpy()
+        return self.score_pairs(np.repeat(users, self.n_items), np.tile(self._all, len(users))).reshape(
+            len(users), self.n_items)
+
+    def score(self, user: int, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        return self.score_pairs(np.full(len(items), user, dtype=np.int64), items)
+
+    def score_all(self, user: int) -> np.ndarray:
+        return self.score_all_batch(np.array([user]))[0]
 
 
 class OnnxScorer:
@@ -47,13 +58,23 @@ class OnnxScorer:
         self.ort, self.n_items = OrtScorer(path, threads), n_items
         self._all = np.arange(n_items, dtype=np.int64)
 
-    def score(self, user: int, items: np.ndarray) -> np.ndarray:
-        items = np.asarray(items, dtype=np.int64)
-        out = self.ort.session.run(None, {"users": np.full(len(items), user, dtype=np.int64), "items": items})[0]
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of (user, item) index pairs, one session run."""
+        out = self.ort.session.run(None, {"users": np.asarray(users, dtype=np.int64),
+                                          "items": np.asarray(items, dtype=np.int64)})[0]
         return np.asarray(out, dtype=np.float32)
 
+    def score_all_batch(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        return self.score_pairs(np.repeat(users, self.n_items), np.tile(self._all, len(users))).reshape(
+            len(users), self.n_items)
+
+    def score(self, user: int, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        return self.score_pairs(np.full(len(items), user, dtype=np.int64), items)
+
     def score_all(self, user: int) -> np.ndarray:
-        return self.score(user, self._all)
+        return self.score_all_batch(np.array([user]))[0]
 
 
 def make_scorer(runtime: str, model: nn.Module, n_items: int, onnx_path: str | Path | None, threads: int) -> Any:

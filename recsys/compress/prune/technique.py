@@ -14,6 +14,18 @@ from recsys.models import model_class
 from recsys.models.base import structured_support
 
 
+class MaskAtRatio:
+    """``(model, ratio)`` -> masks ``model`` to exactly ``ratio`` with this spec's method/scope/targets.
+
+    A module-level class, not a lambda: callbacks travel to DDP's spawned ranks by pickle."""
+
+    def __init__(self, spec: P.MagnitudePruning | P.StructuredPruning) -> None:
+        self.spec = spec
+
+    def __call__(self, model: nn.Module, ratio: float) -> Any:
+        return P.prune_(model, P.at_ratio(self.spec, ratio))
+
+
 class _Prune(Technique):
     group = "prune"
     label = "pruned"
@@ -60,7 +72,7 @@ class _Prune(Technique):
         return model
 
     def callbacks(self, ctx: CompressContext) -> list[Any]:
-        return [PruningCallback(lambda m, r: P.prune_(m, P.at_ratio(self.spec, r)), self.spec.ratio,
+        return [PruningCallback(MaskAtRatio(self.spec), self.spec.ratio,
                                 self.cfg.get("schedule", "oneshot"), float(self.cfg.get("initial_ratio", 0.0)),
                                 float(self.cfg.get("end_fraction", 0.75)), int(self.cfg.get("frequency", 10)))]
 

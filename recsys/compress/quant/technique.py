@@ -1,12 +1,13 @@
 """The ``quant.method=ptq`` / ``qat`` techniques the pipeline runs (checks, fake quant / calibration, conversion)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
 
 from recsys.compress.base import CompressContext, Technique, register
-from recsys.compress.quant.api import attach_fake_quant, calibrate, is_converted, quantize_
+from recsys.compress.quant.api import attach_fake_quant, calibrate, quantize_
 from recsys.compress.quant.callback import QuantizationCallback
 from recsys.compress.quant.config import SCHEME_KEYS, WIDTH_KEYS, QuantConfig, check_quant, quant_summary
 
@@ -73,6 +74,10 @@ class QuantizationAwareTraining(_Quant):
             if q.get(key) == "kmeans":
                 errs.append(f"quant.{key}='kmeans' with quant.method=qat: the codebook is fitted post-training only; "
                             "use quant.method=ptq or a uniform scheme")
+        if (cfg.get("trainer") or {}).get("strategy") == "ddp" and "LOCAL_RANK" not in os.environ:
+            errs.append("quant.method=qat with trainer.strategy=ddp: the ranks are spawned with pickle, and torch "
+                        "cannot pickle the fake-quantized (parametrized) model; use quant.method=ptq, a single "
+                        "process, or launch the ranks with torchrun/SLURM (LOCAL_RANK set)")
         return errs
 
     def apply(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
@@ -80,12 +85,11 @@ class QuantizationAwareTraining(_Quant):
         return model
 
     def callbacks(self, ctx: CompressContext) -> list[Any]:
-        select_best = bool((ctx.cfg.get("finetune") or {}).get("select_best", False))
-        self._callback = QuantizationCallback(self.qc, convert_at_end=not select_best)
-        return [self._callback]
+        # Conversion happens in finalize, in the job's process, never in the callback: under DDP the callback runs in
+        # spawned ranks, and Lightning loads rank 0's weights back non-strictly, so a model converted there would
+        # come back as the unconverted one with its fine-tuned weights silently dropped (keys no longer match).
+        return [QuantizationCallback(self.qc, convert_at_end=False)]
 
     def finalize(self, model: nn.Module, ctx: CompressContext) -> nn.Module:
-        cb = getattr(self, "_callback", None)
-        stats = cb.report if cb is not None and cb.report and is_converted(model) else quantize_(model, self.qc)
-        self._report(ctx, stats)
+        self._report(ctx, quantize_(model, self.qc))
         return model
