@@ -9,13 +9,16 @@ final quality metrics.
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --pretrain
     ... --epochs 2 --data ml-100k                                                                 # a quick look
 
-``--compare-sparse`` instead trains NeuMF f=32 [128,64,32] with dense Adam (``train.sparse=false``) and with row-wise
-embedding updates (``train.sparse=true``: sparse gradients + SparseAdam) alternately in this one process, at each
-``--batch-sizes`` entry, and prints training-only samples/s per path, the sparse/dense speed ratio, seconds per epoch
-(the within-job slow-down shows there) and test HR@10 / NDCG@10 (best validation epoch, as the harness keeps it):
+``--compare PATH [PATH ...]`` instead trains NeuMF f=32 [128,64,32] once per PATH (a comma-separated list of Hydra
+overrides) at each ``--batch-sizes`` entry, alternately in this one process, and prints training-only samples/s per path,
+the speed ratio to the first path, seconds of each epoch (the within-job slow-down shows there) and test HR@10 /
+NDCG@10 (best validation epoch, as the harness keeps it), with torch threads, git commit and load average:
 
-    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --compare-sparse --epochs 3
-    # ~7 min alone on 2 cores (dense b256 ~45 s/epoch dominates); ratios are meaningful on a busy machine too,
+    # torch's CPU-default Adam loop vs the fused Adam kernel (train.optimizer=adam, the default): ~6 min alone
+    RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --epochs 2 \
+        --compare train.optimizer=adam_loop train.optimizer=adam
+    # ``--compare-sparse`` = ``--compare train.sparse=false train.sparse=true``; --flush-denormal: subnormal floats
+    # flushed to zero (torch.set_flush_denormal) for the whole run. Ratios are meaningful on a busy machine too,
     # absolute samples/s are not.
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from recsys import tracking  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.pipeline import run  # noqa: E402
-from recsys.tasks.base import get_family  # noqa: E402
+from recsys.tasks.base import OPTIMIZERS, get_family  # noqa: E402
 
 
 def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
@@ -45,7 +48,7 @@ def bare_loop_samples_per_s(cfg, data, max_batches: int = 600) -> float:
     from omegaconf import OmegaConf
 
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)   # the harness's optimizer
     loader = family.make_datamodule(data, cfg).train_dataloader()
     n, t0 = 0, None
     for k, (u, i, y) in enumerate(loader):
@@ -74,8 +77,29 @@ class EpochClock(__import__("lightning").pytorch.Callback):
         self.seconds.append(time.perf_counter() - self._t0)
 
 
-def compare_sparse(args) -> None:
-    """Dense Adam vs sparse row-wise Adam, same data/seed/epochs, alternately in one process (see module docstring)."""
+def provenance() -> str:
+    """Commit, torch version/threads and load average: what a printed table was measured with."""
+    import os
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"commit {commit}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"flush_denormal {FLUSH_DENORMAL}, "
+            f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, cpus {os.cpu_count()}")
+
+
+FLUSH_DENORMAL = False
+
+
+def compare(args) -> None:
+    """Train NeuMF once per path (override set), same data/seed/epochs, alternately in one process (module docstring)."""
     import lightning as L
     from omegaconf import OmegaConf
 
@@ -84,12 +108,14 @@ def compare_sparse(args) -> None:
     base = [f"data={args.data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
             f"train.epochs={args.epochs}", "train.use_cache=false", "trainer.enable_progress_bar=false",
             "eval.full_ranking=false", *args.overrides]
+    paths = [[o for o in p.split(",") if o] for p in args.compare]
+    print(f"start: {provenance()}", flush=True)
     rows = []
     data = None
     for bs in args.batch_sizes:
-        for path in ("false", "true"):
+        for path in paths:
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-                cfg = compose("config", overrides=[*base, f"train.batch_size={bs}", f"train.sparse={path}"])
+                cfg = compose("config", overrides=[*base, f"train.batch_size={bs}", *path])
             family = get_family(cfg.model.task)
             data = data or family.load_data(cfg)
             L.seed_everything(cfg.seed, workers=True)
@@ -98,20 +124,21 @@ def compare_sparse(args) -> None:
             info = StageTrainer(family, data, cfg).train(model, "dense", callbacks=[clock])
             q = family.evaluate(model, data, cfg)
             n = family.samples_per_epoch(data, cfg) * len(clock.seconds)
-            rows.append({"batch": bs, "sparse": path, "samples_per_s": n / sum(clock.seconds),
+            rows.append({"batch": bs, "path": " ".join(path) or "(defaults)", "samples_per_s": n / sum(clock.seconds),
                          "epoch_seconds": clock.seconds, "best_epoch": info.get("best_epoch", -1),
                          "hr_at_10": q["hr_at_10"], "ndcg_at_10": q["ndcg_at_10"]})
             r = rows[-1]
-            print(f"batch {bs:5d} sparse={path:5s} samples/s {r['samples_per_s']:>10,.0f}  epoch s "
+            print(f"batch {bs:5d} {r['path']:32s} samples/s {r['samples_per_s']:>10,.0f}  epoch s "
                   f"{' '.join(f'{x:.1f}' for x in clock.seconds)}  best epoch {r['best_epoch']:.0f}  "
                   f"HR@10 {r['hr_at_10']:.4f}  NDCG@10 {r['ndcg_at_10']:.4f}", flush=True)
-    print(f"\n== NeuMF f=32 [128,64,32] on {args.data}, {args.epochs} epochs, torch threads={torch.get_num_threads()} ==")
-    print("| batch | path | samples/s | s/epoch (each) | HR@10 | NDCG@10 | sparse ÷ dense speed |")
+    print(f"\n== NeuMF f=32 [128,64,32] on {args.data}, {args.epochs} epochs, training time only ==")
+    print(f"end: {provenance()}")
+    print("| batch | path | samples/s | s/epoch (each) | HR@10 | NDCG@10 | speed ÷ first path |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        dense = next(x for x in rows if x["batch"] == r["batch"] and x["sparse"] == "false")
-        ratio = r["samples_per_s"] / dense["samples_per_s"]
-        print(f"| {r['batch']} | {'sparse' if r['sparse'] == 'true' else 'dense'} | {r['samples_per_s']:,.0f} | "
+        first = next(x for x in rows if x["batch"] == r["batch"])
+        ratio = r["samples_per_s"] / first["samples_per_s"]
+        print(f"| {r['batch']} | {r['path']} | {r['samples_per_s']:,.0f} | "
               f"{' / '.join(f'{x:.1f}' for x in r['epoch_seconds'])} | {r['hr_at_10']:.4f} | {r['ndcg_at_10']:.4f} | "
               f"{ratio:.2f}x |")
 
@@ -122,12 +149,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--pretrain", action="store_true")
     ap.add_argument("--experiment", default="bench-ncf")
-    ap.add_argument("--compare-sparse", action="store_true", help="dense vs sparse Adam side by side (see above)")
+    ap.add_argument("--compare", nargs="+", metavar="PATH", help="override sets to train side by side (see above)")
+    ap.add_argument("--compare-sparse", action="store_true", help="= --compare train.sparse=false train.sparse=true")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the peers table)")
+    ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the run")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 2048])
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.lr=0.002")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        global FLUSH_DENORMAL
+        FLUSH_DENORMAL = torch.set_flush_denormal(True)
     if args.compare_sparse:
-        compare_sparse(args)
+        args.compare = ["train.sparse=false", "train.sparse=true"]
+    if args.compare:
+        compare(args)
         return
     overrides = [f"data={args.data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
                  f"train.epochs={args.epochs}", f"model.pretrain={str(args.pretrain).lower()}", "train.use_cache=false",

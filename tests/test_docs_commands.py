@@ -113,6 +113,9 @@ COVERED: dict[str, str | tuple[str, list[str]]] = {
         "model.init=torch model.sparse_items=false model.logq_form=pop model.mask_duplicates=true model.loss_norm=mean "
         "model.session_order=id model.epoch_end=stop model.momentum=0.0 train.optimizer=adagrad",
         "python experiments/gru4rec_ablation.py --preset gru4rec_xe_480 --epochs 10 --threads 2")},
+    "python experiments/ncf_benchmark.py --compare train.optimizer=adam_loop train.optimizer=adam --epochs 2":
+        ("tests/test_ncf_compare.py::test_compare_prints_one_row_per_path_with_epochs_hr_and_provenance",
+         ["ncf_benchmark.py", "--compare", "train.optimizer=adam_loop"]),
     "python experiments/serve_load.py --quick":
         ("tests/test_serve_load.py::test_serve_load_quick_runs_every_cell", ["serve_load.py", "--quick"]),
     "python -m recsys.report --registry neumf-ml-100k":

@@ -142,3 +142,22 @@ def test_auto_keeps_dense_updates_where_a_batch_hits_many_rows():
     assert RankingFamily._sparse_setting(cfg(2048, True), ml1m) is True    # an explicit choice is kept
     ml20m = NeuMF(138_493, 26_744, factors=32, mlp_layers=[128, 64, 32])
     assert RankingFamily._sparse_setting(cfg(2048), ml20m) == "auto"
+
+
+def test_adam_is_torch_fused_adam_with_the_same_steps_as_the_loop():
+    """train.optimizer=adam builds torch's fused Adam (the fast CPU kernel); adam_loop torch's CPU default; both take
+    the same steps up to float rounding."""
+    from recsys.tasks.ranking import RankingTask
+
+    torch.manual_seed(0)
+    a, b = NeuMF(30, 20, factors=4, mlp_layers=[8, 4]), NeuMF(30, 20, factors=4, mlp_layers=[8, 4])
+    b.load_state_dict(a.state_dict())
+    opt_a = RankingTask(a, lr=0.01, optimizer="adam").configure_optimizers()
+    opt_b = RankingTask(b, lr=0.01, optimizer="adam_loop").configure_optimizers()
+    assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
+    for k in range(5):
+        u, i, y = torch.tensor([k, k + 1, 5]), torch.tensor([2, k, 7]), torch.tensor([1.0, 0.0, 1.0])
+        _step(a, opt_a, u, i, y)
+        _step(b, opt_b, u, i, y)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n

@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from recsys.nn.optim import AdagradM
-from recsys.tasks.optim import build_sparse_adam, resolve_sparse
+from recsys.tasks.optim import build_sparse_adam, fused_adam, resolve_sparse
 
 MODEL_META_KEYS = ("name", "task")
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+OPTIMIZERS = {"adam": fused_adam, "adam_loop": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "adagrad": torch.optim.Adagrad, "adagradm": AdagradM}   # adagradm: GRU4Rec's (recsys/nn/optim.py)
+# adam: torch Adam with its fused CPU kernel (recsys.tasks.optim.fused_adam); adam_loop: torch's CPU default (a
+# per-tensor loop of ~5 element-wise passes), the same math, kept to measure against (experiments/ncf_benchmark.py).
 
 
 class TrainableTask(L.LightningModule):

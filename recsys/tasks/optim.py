@@ -69,8 +69,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
         if sparse_params:
             self.inner.append(torch.optim.SparseAdam(sparse_params, lr=lr, betas=betas, eps=eps))
         if dense_params:
-            # foreach: one multi-tensor kernel per op instead of a Python loop per tensor (same math as the default)
-            self.inner.append(torch.optim.Adam(dense_params, lr=lr, betas=betas, eps=eps, foreach=True))
+            self.inner.append(fused_adam(dense_params, lr=lr, betas=betas, eps=eps))
         self.param_groups = [g for o in self.inner for g in o.param_groups]
 
     @torch.no_grad()
@@ -93,6 +92,17 @@ class SparseDenseAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for o, s in zip(self.inner, state_dict["inner"]):
             o.load_state_dict(s)
+
+
+def fused_adam(params: Iterable[torch.Tensor], **kw: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam(fused=True)``: one fused kernel per tensor, the same math as torch's CPU default.
+
+    Why: torch picks the single-tensor for-loop Adam on CPU (foreach/fused are defaults only on CUDA), ~5 element-wise
+    passes over every parameter per step; with NeuMF's dense embedding tables that was 55 % of the step at batch 256
+    (py-spy) and 76 % (torch.profiler: sqrt, addcdiv_, div, lerp_, mul_, addcmul_). Interleaved in one process on
+    ml-1m-loo (experiments/sparse_step_ratio.py, 1 thread, loaded machine) fused steps were 2.1-2.2x faster at batch
+    256 and 1.4-1.6x at 2048; foreach was 1.1x at 256 and 0.8x at 2048."""
+    return torch.optim.Adam(params, fused=True, **kw)
 
 
 def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam"
