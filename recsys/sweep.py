@@ -6,7 +6,7 @@
   objectives that the store's runs do not log are named;
 - resume and many workers: ``n_trials`` is the number of *complete* trials the study should hold, in total over every
   worker (process or machine) running the same command on the same RDB storage; a worker asks for a trial only while
-  complete + running < n_trials, and a trial asked in a race beyond that is told FAIL unrun (user attr ``surplus``), so
+  complete + running < n_trials, and a trial asked in a race beyond that (queued retries count) is told FAIL unrun (user attr ``surplus``), so
   none runs twice and the study ends with exactly n_trials complete. Running trials send Optuna heartbeats; a trial
   whose worker was killed goes stale after ``grace_period`` s, ``optuna.storages.fail_stale_trials`` marks it FAIL and
   ``RetryHeartbeatStaleTrialCallback(max_retry)`` re-queues its params once (any worker runs the retry);
@@ -281,9 +281,13 @@ class TradeoffSweeper:
 
     def drop_surplus(self, study: optuna.Study, asked: list[optuna.Trial]) -> list[optuna.Trial]:
         """Trials asked in a race between workers beyond n_trials: told FAIL unrun (user attr ``surplus``). A trial is
-        surplus when n_trials complete or running trials have smaller numbers: every worker decides alike."""
+        surplus when n_trials complete, running or queued trials have smaller numbers: every worker decides alike. A
+        queued (WAITING) trial counts: it is a killed trial's retry that some worker's next ask will run; left out, a
+        worker asking while another re-queues got a new trial beside the retry, and the study ended with n_trials + 1
+        complete (seen in the 3-worker stack test)."""
         live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                                 TrialState.RUNNING)))
+                                                                                 TrialState.RUNNING,
+                                                                                 TrialState.WAITING)))
         keep = []
         for trial in asked:
             if sum(1 for x in live if x < trial.number) >= self.n_trials:

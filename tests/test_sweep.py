@@ -176,3 +176,26 @@ def test_sweeper_is_a_registered_hydra_plugin():
 
     import hydra_plugins.recsys_sweeper.tradeoff_sweeper  # noqa: F401  (what Hydra's plugin scan imports)
     assert "tradeoff.yaml" in ConfigStore.instance().list("hydra/sweeper")
+
+
+def test_a_trial_asked_beside_a_queued_retry_is_surplus():
+    """The race the 3-worker stack test hit: n_trials=3, two trials complete, a killed trial's retry is queued (WAITING)
+    and another worker's ask creates a new trial beside it (its pop ran before the retry was queued). The queued retry
+    will run, so the new trial is the surplus one: told FAIL unrun; the retry itself is kept."""
+    from types import SimpleNamespace
+
+    from recsys.sweep import TradeoffSweeper
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="race")
+    for _ in range(2):
+        t = study.ask()
+        study.tell(t, 1.0)
+    study.enqueue_trial({})                      # the retry: WAITING, number 2
+    new_id = storage.create_new_trial(storage.get_study_id_from_name("race"))   # the racing ask: RUNNING, number 3
+    new = optuna.Trial(study, new_id)
+    sweeper = SimpleNamespace(n_trials=3)
+    assert TradeoffSweeper.drop_surplus(sweeper, study, [new]) == []
+    assert study.trials[3].state == optuna.trial.TrialState.FAIL and study.trials[3].user_attrs["surplus"] is True
+    retry = study.ask()                          # pops the queued retry
+    assert retry.number == 2 and TradeoffSweeper.drop_surplus(sweeper, study, [retry]) == [retry]
