@@ -51,7 +51,15 @@ def job(tmp_path_factory, shared_data_dir):
             "train.batch_size=4096", "model.factors=8", "model.mlp_layers=[16,8]", "quant=ptq", "quant.bits=8",
             "finetune.epochs=0", "bench.requests=20", "bench.warmup=5", "bench.full_catalogue_requests=5",
             "bench.throughput_repeats=2", "bench.throughput_batch=1024", "trainer.enable_progress_bar=false"])
-    run(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run(cfg)
+        # logging the models loads them in-process (MLflow checks the input example), and a served model pins its
+        # own threads: the job must give the caller's setting back (a later job in the same process trained on 1)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)

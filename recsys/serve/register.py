@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 
 from recsys.export.artifact import load_artifact
 from recsys.serve.data import ServeData, serve_data
@@ -99,14 +100,26 @@ def log_job_models(cfg: Any, family: Any, data: Any, out_dir: Path, dense_path: 
                    ) -> dict[str, Any]:
     """The pipeline's hook: ``dense`` and (when compressed) ``shipped`` pyfunc models; the shipped one is registered.
     Returns ``{}`` with a printed reason when the family has no serving contract (CTR on a feature table)."""
-    from omegaconf import OmegaConf
-
     try:
         sdata = serve_data(family.name, data)
     except ValueError as e:
         print(f"[serve] not logged as an MLflow model: {e}")
         mlflow.set_tag("serve_skipped", str(e)[:500])
         return {}
+    threads_before = torch.get_num_threads()
+    try:
+        return _log_job_models(cfg, family, sdata, data, out_dir, dense_path, shipped_path, final, fmt, ctx_params)
+    finally:
+        # MLflow loads each logged model in-process to check its input example, and a loaded model pins the torch
+        # threads it serves with: give the job's own setting back (a later job in this process would train on them)
+        torch.set_num_threads(threads_before)
+
+
+def _log_job_models(cfg: Any, family: Any, sdata: Any, data: Any, out_dir: Path, dense_path: Path,
+                    shipped_path: Path | None, final: dict[str, float], fmt: str, ctx_params: dict[str, Any] | None
+                    ) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     name = cfg.tracking.get("registered_model") or None
     threads = int(cfg.bench.threads)
