@@ -37,7 +37,7 @@ from recsys.provenance import provenance_tags, with_provenance  # noqa: E402
 VARIANTS = {  # model name -> pipeline overrides (the KD student's sizes are filled in from the model config)
     "dense": [],
     "int8": ["quant=ptq", "quant.bits=8"],
-    "structured": ["prune=structured", "prune.ratio=0.5"],
+    "structured": ["prune=structured", "prune.ratio=0.5", "finetune.lr=1e-3"],  # the README's rate for structured pruning
     "kd": ["distill=kd", "distill.baseline=false"],   # student epochs = train.epochs
 }
 FULL = ["data=ml-1m-loo", "train.epochs=3", "finetune.epochs=1"]   # bounded: see plan() and the docstring
