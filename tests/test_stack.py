@@ -184,14 +184,16 @@ def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shar
     import signal
     import time
 
-    deadline, killed = time.time() + 240, None
-    while time.time() < deadline and killed is None and procs[0].poll() is None:
-        m = re.search(r"\t#(\d+) : ", logs[0].read_text())
+    deadline, killed_lr = time.time() + 240, None
+    while time.time() < deadline and killed_lr is None and procs[0].poll() is None:
+        # the launch line "#<job index in the batch> : train.lr=<value> ...": the index is Hydra's (always 0 with
+        # n_jobs=1), not the trial number, so the killed trial is found by its learning rate below
+        m = re.search(r"\t#\d+ : train\.lr=(\S+) ", logs[0].read_text())
         if m:  # the trial is asked (RUNNING, first heartbeat sent) before its launch line: kill it at once, mid-trial
             os.killpg(procs[0].pid, signal.SIGKILL)
-            killed = int(m.group(1))
+            killed_lr = float(m.group(1))
         time.sleep(0.2)
-    assert killed is not None, logs[0].read_text()[-3000:]
+    assert killed_lr is not None, logs[0].read_text()[-3000:]
     procs[0].wait()
     for p, log in zip(procs[1:], logs[1:]):
         assert p.wait(timeout=400) == 0, log.read_text()[-4000:]
@@ -203,6 +205,9 @@ def test_three_workers_share_one_study_and_a_killed_trial_is_retried(stack, shar
     assert len(done) == n_trials
     assert len({t.number for t in done}) == n_trials
     assert len({tuple(sorted(t.params.items())) for t in done}) == n_trials, [t.params for t in done]
+    first = [t for t in trials if t.params.get("train.lr") == killed_lr]   # the killed trial, then its retry
+    assert len(first) == 2, [(t.number, t.state, t.params) for t in trials]
+    killed = first[0].number
     assert study.trials[killed].state == optuna.trial.TrialState.FAIL
     retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
     retries = [t for t in trials if retry_of(t) is not None]
