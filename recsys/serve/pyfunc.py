@@ -68,14 +68,10 @@ def _fields(rec: Any) -> dict:
 
 
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, scores) of the k best scores, best first; ``exclude`` positions never returned."""
-    s = np.asarray(scores, dtype=np.float64).copy()
-    if exclude is not None and len(exclude):
-        s[exclude] = -np.inf
-    k = min(k, int(np.isfinite(s).sum()))
-    part = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
-    order = part[np.lexsort((part, -s[part]))]  # ties: lower index first, so every runtime agrees
-    return order, s[order]
+    """(positions, scores) of the k best scores, best first; ``exclude`` positions never returned (``top_k_rows`` of
+    one row, so a single request and a batch rank alike)."""
+    ex = np.zeros(0, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
+    return top_k_rows(np.asarray(scores)[None], [k], np.zeros(len(ex), dtype=np.int64), ex)[0]
 
 
 def top_k_rows(scores: np.ndarray, ks: list[int], rows: np.ndarray, cols: np.ndarray) -> list[tuple[np.ndarray,
@@ -84,6 +80,8 @@ def top_k_rows(scores: np.ndarray, ks: list[int], rows: np.ndarray, cols: np.nda
     s = np.asarray(scores, dtype=np.float64).copy()
     s[rows, cols] = -np.inf
     kmax = min(max(ks), s.shape[1])
+    if kmax <= 0:
+        return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in ks]
     part = np.argpartition(-s, kmax - 1, axis=1)[:, :kmax]
     ps = np.take_along_axis(s, part, axis=1)
     order = np.take_along_axis(part, np.lexsort((part, -ps), axis=1), axis=1)  # ties: lower index first
