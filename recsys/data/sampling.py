@@ -9,8 +9,8 @@ import torch
 from recsys.errors import ConfigError
 
 # Below this many user x item cells a dense boolean mask is used for membership tests (22 MB for ML-1M); below
-# _BITSET_CELLS a bitset (one bit per cell: 463 MB at ML-20M size, where a query costs 1/40 of the binary search's
-# cache misses: ~3 s instead of ~110 s of CPU for an epoch's 79 M negatives); above it, a binary search over sorted
+# _BITSET_CELLS a bitset (one bit per cell: 463 MB at ML-20M size, one memory access per query: an ML-20M epoch's
+# 79 M negative checks take ~3 s of CPU instead of ~60-110 s of binary search); above it, a binary search over sorted
 # (user * n_items + item) keys (158 MB at ML-20M size, 8 bytes per positive).
 _DENSE_CELLS = 64_000_000
 _BITSET_CELLS = 1 << 33
@@ -53,9 +53,10 @@ class _Membership:
             self.mask = np.zeros(cells, dtype=bool)
             self.mask[rows * n_items + indices] = True
         elif cells <= _BITSET_CELLS:
-            keys = rows * n_items + indices
             self.bits = np.zeros((cells + 7) // 8, dtype=np.uint8)
-            np.bitwise_or.at(self.bits, keys >> 3, np.left_shift(1, keys & 7).astype(np.uint8))
+            for s in range(0, len(rows), _CHUNK):  # in blocks: bounded temporaries
+                keys = rows[s:s + _CHUNK] * n_items + indices[s:s + _CHUNK]
+                np.bitwise_or.at(self.bits, keys >> 3, np.left_shift(1, keys & 7).astype(np.uint8))
         else:
             self.keys = np.sort(rows * n_items + indices)
 
@@ -142,8 +143,8 @@ def training_epoch(users: np.ndarray, items: np.ndarray, n_items: int, num_negat
     (:func:`sample_train_negatives` layout), permuted by ``torch.randperm(generator=gen)``; label 1 for positives.
 
     Users and items come back as int32 (int64 past 2**31 ids), labels as float32. The values are those of the int64
-    assembly this replaced: the same draws, the same permutation. At ML-20M size (98.6 M samples) the peak is ~1.6 GB
-    instead of ~3.9 GB: int32 arrays, filled in place, each source freed as soon as its permuted copy exists.
+    assembly this replaced: the same draws, the same permutation. At ML-20M size (98.6 M samples) the assembly peaks at
+    ~1.6 GB instead of ~3.2 GB: int32 arrays, filled in place, each source freed as soon as its permuted copy exists.
     """
     n_pos, k = len(users), int(num_negatives)
     dt = index_dtype(positives.counts.size, n_items)
