@@ -95,8 +95,9 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
         return r
 
     data = stage("read + split", lambda: family.load_data(cfg))
-    dm = family.make_datamodule(data, cfg)
-    stage("negatives (1 epoch)", lambda: dm.train_data.epoch_tensors(0))
+    # a throwaway datamodule, freed with its positives lookup (463 MB at ML-20M size) before training builds its own,
+    # as a real run holds only one
+    stage("negatives (1 epoch)", lambda: (family.make_datamodule(data, cfg).train_data.epoch_tensors(0), None)[1])
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
     sparse = resolve_sparse(family._sparse_setting(cfg, model), cfg.train.optimizer, cfg.train.weight_decay, model)

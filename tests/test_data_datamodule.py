@@ -108,3 +108,32 @@ def test_positives_lookup_built_once_and_epochs_unchanged(lookup, monkeypatch, t
     assert len(built) == 1  # six epoch draws, one lookup
     import pickle
     assert pickle.loads(pickle.dumps(dm.train_data))._positives is None  # DDP spawn does not ship it
+
+
+def test_fit_cut_short_releases_the_epoch(split):
+    """An epoch stopped early leaves its generator suspended in Lightning's trainer (a reference cycle): teardown
+    after fit empties it, so the epoch's samples (1.2 GB at ML-20M size) do not live on into evaluation."""
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(split.n_users, 1)
+
+        def training_step(self, batch, i):
+            return self.emb(batch[0]).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = RankingDataModule(split, batch_size=16, num_negatives=2, seed=1)
+    it = iter(dm.train_data)
+    next(it)
+    assert len(dm.train_data._current) == 3 and dm.train_data._positives is not None
+    dm.teardown("fit")
+    assert dm.train_data._current == [] and dm.train_data._positives is None
+    assert next(it, None) is None   # a released generator ends instead of yielding freed samples
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(Tiny(), datamodule=dm)
+    assert dm.train_data._current == [] and dm.train_data._positives is None
+    assert len(list(dm.train_dataloader())) == len(dm.train_data)   # the next epoch rebuilds what it needs
