@@ -133,6 +133,8 @@ def test_fit_cut_short_releases_the_epoch(split):
     dm.teardown("fit")
     assert dm.train_data._current == [] and dm.train_data._positives is None
     assert next(it, None) is None   # a released generator ends instead of yielding freed samples
+    b = next(iter(dm.train_data))
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in b)  # no view of the epoch
     L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(Tiny(), datamodule=dm)
     assert dm.train_data._current == [] and dm.train_data._positives is None

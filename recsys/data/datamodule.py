@@ -97,8 +97,8 @@ class TrainEpochs(IterableDataset):
         for start in range(0, len(held[0]), bs):
             if not held:  # released while suspended
                 return
-            end = start + bs  # no local names for the tensors: they would outlive release()
-            yield held[0][start:end].long(), held[1][start:end].long(), held[2][start:end]
+            end = start + bs  # copies, not views, and no local names: a batch Lightning keeps (its prefetched one)
+            yield held[0][start:end].long(), held[1][start:end].long(), held[2][start:end].clone()  # holds no epoch
         held.clear()
 
     def release(self) -> None:
