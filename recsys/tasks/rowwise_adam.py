@@ -147,6 +147,9 @@ class RowwiseAdam(torch.optim.Optimizer):
             self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p),
                              "last": torch.zeros(p.shape[0], dtype=torch.int64)}
         self._pos = {id(p): np.full(p.shape[0], -1, dtype=np.int64) for p in tables}   # kernel scratch
+        self._np_views: dict[int, tuple] = {}
+        self._scratch: dict[int, tuple] = {}
+        self._step_t = torch.zeros((), dtype=torch.float32)
         self._series = _StepSeries(*betas)
         self._hooks: list = []
 
@@ -172,10 +175,31 @@ class RowwiseAdam(torch.optim.Optimizer):
             p = module.weight
             self._catch_up(args[0].reshape(-1), p, self.t)
 
+    def _views(self, p: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """numpy views (no copy) of a table and its state, made once: per-call conversions cost more than the
+        kernels at batch 256 (torch.profiler: 178 detach calls per step)."""
+        key = id(p)
+        got = self._np_views.get(key)
+        if got is None or got[0] != p.data_ptr():
+            st = self.state[p]
+            got = (p.data_ptr(), _np(p), _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["last"]))
+            self._np_views[key] = got
+        return got[1:]
+
+    def _buffers(self, p: torch.Tensor, n: int) -> tuple[np.ndarray, list[np.ndarray], list[torch.Tensor]]:
+        """Scratch of at least ``n`` rows for one table: row ids, and gradient / weight / moment rows (numpy and
+        torch views of the same memory), grown when a batch is larger."""
+        got = self._scratch.get(id(p))
+        if got is None or len(got[0]) < n:
+            arrs = [np.empty((n, p.shape[1]), dtype=_np(p).dtype) for _ in range(4)]
+            got = (np.empty(n, dtype=np.int64), arrs, [torch.from_numpy(a) for a in arrs])
+            self._scratch[id(p)] = got
+        return got
+
     def _catch_up(self, idx: torch.Tensor, p: torch.Tensor, upto: int) -> None:
-        st, g = self.state[p], self.param_groups[0]
-        _catch_up_rows(_np(idx), _np(p), _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["last"]), upto,
-                       g["lr"], g["betas"][0], g["betas"][1], self._series.r, self._series.upto(upto).numpy())
+        g = self.param_groups[0]
+        _catch_up_rows(_np(idx), *self._views(p), upto, g["lr"], g["betas"][0], g["betas"][1], self._series.r,
+                       self._series.upto(upto).numpy())
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -197,22 +221,20 @@ class RowwiseAdam(torch.optim.Optimizer):
             idx, vals = p.grad._indices()[0], p.grad._values()
             if self.catch_up and not self._hooks:   # rows not yet caught up by a pre-forward hook
                 self._catch_up(idx, p, t - 1)
-            st, n = self.state[p], len(idx)
+            n = len(idx)
             if n == 0:
                 continue
-            bufs = [torch.empty(n, p.shape[1], dtype=p.dtype) for _ in range(4)]
-            rows = np.empty(n, dtype=np.int64)
-            nr = _gather_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, _np(p), _np(st["exp_avg"]),
-                              _np(st["exp_avg_sq"]), *(_np(x) for x in bufs))
-            todo.append((p, rows, nr, [x[:nr] for x in bufs]))
+            rows, arrs, tens = self._buffers(p, n)
+            pn, mn, vn, lastn = self._views(p)
+            nr = _gather_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, pn, mn, vn, *arrs)
+            todo.append((p, rows, nr, arrs, [x[:nr] for x in tens]))
         if todo:   # one fused Adam kernel (torch's, vectorised) over the gathered rows of every table
-            g_, w_, m_, v_ = ([b[k] for _, _, _, b in todo] for k in range(4))
-            torch._fused_adam_(w_, g_, m_, v_, [], [torch.tensor(float(t))] * len(w_), lr=lr, beta1=b1, beta2=b2,
+            g_, w_, m_, v_ = ([b[k] for *_, b in todo] for k in range(4))
+            self._step_t.fill_(float(t))
+            torch._fused_adam_(w_, g_, m_, v_, [], [self._step_t] * len(w_), lr=lr, beta1=b1, beta2=b2,
                                weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
-            for p, rows, nr, (_, w, m, v) in todo:
-                st = self.state[p]
-                _scatter_rows(rows, nr, _np(p), _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["last"]),
-                              _np(w), _np(m), _np(v), t)
+            for p, rows, nr, arrs, _ in todo:
+                _scatter_rows(rows, nr, *self._views(p), arrs[1], arrs[2], arrs[3], t)
         return loss
 
     @torch.no_grad()
