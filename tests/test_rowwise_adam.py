@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recsys.models.ncf import NeuMF
-from recsys.tasks.optim import build_sparse_adam, sparse_embeddings
+from recsys.tasks.optim import build_sparse_adam
 
 
 def _twins(dtype=torch.float64) -> tuple[NeuMF, NeuMF]:

@@ -225,7 +225,7 @@ class RowwiseAdam(torch.optim.Optimizer):
             if n == 0:
                 continue
             rows, arrs, tens = self._buffers(p, n)
-            pn, mn, vn, lastn = self._views(p)
+            pn, mn, vn, _ = self._views(p)
             nr = _gather_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, pn, mn, vn, *arrs)
             todo.append((p, rows, nr, arrs, [x[:nr] for x in tens]))
         if todo:   # one fused Adam kernel (torch's, vectorised) over the gathered rows of every table
