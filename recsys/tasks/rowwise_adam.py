@@ -120,6 +120,19 @@ def _scatter_rows(rows, nr, p, m, v, last, wbuf, mbuf, vbuf, t):   # pragma: no 
         last[i] = t
 
 
+def _warm_up(dtype: torch.dtype) -> None:
+    """Compile (or load from numba's on-disk cache) the kernels for this table dtype and int32 / int64 ids now, when
+    the optimizer is built, rather than inside the first training step (and its epoch's timing)."""
+    f = np.dtype(str(dtype).replace("torch.", ""))
+    p, m, v = np.zeros((2, 1), f), np.zeros((2, 1), f), np.zeros((2, 1), f)
+    last, pos, rows, a = np.zeros(2, np.int64), np.full(2, -1, np.int64), np.zeros(2, np.int64), np.zeros(4)
+    bufs = [np.zeros((2, 1), f) for _ in range(4)]
+    for ids in (np.zeros(1, np.int64), np.zeros(1, np.int32)):
+        _catch_up_rows(ids, p, m, v, last, 1, 0.0, 0.9, 0.999, 0.9, a)
+    nr = _gather_rows(np.zeros(1, np.int64), np.zeros((1, 1), f), pos, rows, p, m, v, *bufs)
+    _scatter_rows(rows, nr, p, m, v, last, bufs[1], bufs[2], bufs[3], 1)
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     """The tensor's memory as a numpy array (no copy)."""
     return x.detach().numpy()
@@ -150,6 +163,8 @@ class RowwiseAdam(torch.optim.Optimizer):
         self._np_views: dict[int, tuple] = {}
         self._scratch: dict[int, tuple] = {}
         self._step_t = torch.zeros((), dtype=torch.float32)
+        for dtype in {p.dtype for p in tables}:
+            _warm_up(dtype)
         self._series = _StepSeries(*betas)
         self._hooks: list = []
 
