@@ -17,7 +17,8 @@ NDCG@10 (best validation epoch, as the harness keeps it), with torch threads, gi
     # torch's CPU-default Adam loop vs the fused Adam kernel (train.optimizer=adam, the default): ~6 min alone
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/ncf_benchmark.py --epochs 2 \
         --compare train.optimizer=adam_loop train.optimizer=adam
-    # ``--compare-sparse`` = ``--compare train.sparse=false train.sparse=true``; --flush-denormal: subnormal floats
+    # ``--compare-sparse`` = ``--compare train.sparse=false train.sparse=rowwise train.sparse=rowwise_lazy
+    # train.sparse=true`` (dense Adam, row-wise Adam, its lazy variant, SparseAdam); --flush-denormal: subnormal floats
     # flushed to zero (torch.set_flush_denormal) for the whole run. Ratios are meaningful on a busy machine too,
     # absolute samples/s are not.
 """
@@ -150,7 +151,8 @@ def main() -> None:
     ap.add_argument("--pretrain", action="store_true")
     ap.add_argument("--experiment", default="bench-ncf")
     ap.add_argument("--compare", nargs="+", metavar="PATH", help="override sets to train side by side (see above)")
-    ap.add_argument("--compare-sparse", action="store_true", help="= --compare train.sparse=false train.sparse=true")
+    ap.add_argument("--compare-sparse", action="store_true",
+                    help="= --compare train.sparse=false train.sparse=rowwise train.sparse=rowwise_lazy train.sparse=true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the peers table)")
     ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) for the run")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 2048])
@@ -161,7 +163,7 @@ def main() -> None:
         global FLUSH_DENORMAL
         FLUSH_DENORMAL = torch.set_flush_denormal(True)
     if args.compare_sparse:
-        args.compare = ["train.sparse=false", "train.sparse=true"]
+        args.compare = ["train.sparse=false", "train.sparse=rowwise", "train.sparse=rowwise_lazy", "train.sparse=true"]
     if args.compare:
         compare(args)
         return

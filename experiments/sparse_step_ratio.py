@@ -5,7 +5,9 @@ dense Adam (torch's default single-tensor loop). Bare loop over the harness's ow
 
     RECSYS_DATA_DIR=../shared/datasets python experiments/sparse_step_ratio.py --batch-sizes 256 2048 --steps 400
     # paths: dense (torch's CPU-default Adam loop) | foreach | fused | lazy (SparseAdam + fused Adam) |
-    # lightning (fused Adam through the harness's RankingTask + Lightning Trainer: the per-step loop overhead)
+    # rowwise | rowwise_lazy (train.sparse=rowwise / rowwise_lazy: RowwiseAdam with / without catch-up) |
+    # lightning (fused Adam through the harness's RankingTask + Lightning Trainer: the per-step loop overhead) |
+    # frozen (embedding tables not trained: the floor any table-update path can reach)
     # --profile PATH: torch.profiler op table of that path instead
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from recsys.models import build_model  # noqa: E402
 from recsys.tasks.base import get_family  # noqa: E402
 from recsys.tasks.optim import build_sparse_adam  # noqa: E402
 
-PATHS = ("dense", "foreach", "fused", "lazy", "lightning")
+PATHS = ("dense", "foreach", "fused", "lazy", "rowwise", "rowwise_lazy", "lightning", "frozen")
 
 
 def make(path: str, spec: dict, lr: float = 1e-3):
@@ -41,6 +43,13 @@ def make(path: str, spec: dict, lr: float = 1e-3):
         return m, task
     if path == "lazy":
         return m, build_sparse_adam(m, lr)[0]
+    if path in ("rowwise", "rowwise_lazy"):
+        return m, build_sparse_adam(m, lr, mode=path)[0]
+    if path == "frozen":   # floor: embedding tables not trained at all (speed reference only, not a training path)
+        for e in m.modules():
+            if isinstance(e, torch.nn.Embedding):
+                e.weight.requires_grad_(False)
+        return m, torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr, fused=True)
     kw = {"dense": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[path]
     return m, torch.optim.Adam(m.parameters(), lr=lr, **kw)
 

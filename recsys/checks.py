@@ -62,7 +62,10 @@ def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
     errs += one_of(cfg, "train.optimizer", sorted(OPTIMIZERS))
     sparse = get(cfg, "train.sparse")
     if sparse is not None:
-        errs += one_of(cfg, "train.sparse", ["auto", True, False])
+        errs += one_of(cfg, "train.sparse", ["auto", True, False, "rowwise", "rowwise_lazy"])
+        if sparse in ("rowwise", "rowwise_lazy") and (get(cfg, "train.optimizer") != "adam" or get(cfg, "train.weight_decay")):
+            errs.append(f"train.sparse={sparse}: needs train.optimizer=adam and train.weight_decay=0 (got "
+                        f"{get(cfg, 'train.optimizer')!r}, {get(cfg, 'train.weight_decay')}); use train.sparse=auto")
         if sparse is True and (get(cfg, "train.optimizer") not in ("adam", "sgd") or get(cfg, "train.weight_decay")):
             errs.append(f"train.sparse=true: needs train.optimizer=adam or sgd and train.weight_decay=0 (got "
                         f"{get(cfg, 'train.optimizer')!r}, {get(cfg, 'train.weight_decay')}); use train.sparse=auto")

@@ -78,14 +78,17 @@ def _assert_same_steps(a, opt_a, b, opt_b, steps: int, atol: float) -> None:
 
 def test_resolve_sparse_choices_and_errors():
     model = NeuMF(10, 10, factors=2, mlp_layers=[4, 2])
-    assert resolve_sparse("auto", "adam", 0.0, model) is True
-    assert resolve_sparse("auto", "sgd", 0.0, model) is True      # plain SGD: sparse == dense math
-    assert resolve_sparse("auto", "adagrad", 0.0, model) is False
-    assert resolve_sparse("auto", "adam", 1e-4, model) is False
-    assert resolve_sparse(False, "adam", 0.0, model) is False
-    assert resolve_sparse(True, "adam", 0.0, model) is True
+    assert resolve_sparse("auto", "adam", 0.0, model) == "rowwise"
+    assert resolve_sparse("auto", "sgd", 0.0, model) == "sparse"   # plain SGD: sparse == dense math
+    assert resolve_sparse("auto", "adagrad", 0.0, model) == ""
+    assert resolve_sparse("auto", "adam", 1e-4, model) == ""
+    assert resolve_sparse(False, "adam", 0.0, model) == ""
+    assert resolve_sparse(True, "adam", 0.0, model) == "sparse"
+    assert resolve_sparse("rowwise_lazy", "adam", 0.0, model) == "rowwise_lazy"
     with pytest.raises(ValueError, match="train.sparse=true needs train.optimizer=adam or sgd"):
         resolve_sparse("true", "adagrad", 0.0, model)
+    with pytest.raises(ValueError, match="train.sparse=rowwise needs train.optimizer=adam "):
+        resolve_sparse("rowwise", "sgd", 0.0, model)
     with pytest.raises(ValueError, match="is not one of"):
         resolve_sparse("yes", "adam", 0.0, model)
     from torch.nn.utils import prune
@@ -100,7 +103,7 @@ def test_sparse_fit_learns_and_gives_the_model_back_dense(tmp_path):
 
     split = _tiny_split()
     results = {}
-    for sparse in ("false", "true"):
+    for sparse in ("false", "true", "rowwise"):
         torch.manual_seed(0)
         model = NeuMF(split.n_users, split.n_items, factors=8, mlp_layers=[16, 8])
         task = RankingTask(model, lr=0.01, stage="dense", sparse=sparse)
@@ -112,6 +115,7 @@ def test_sparse_fit_learns_and_gives_the_model_back_dense(tmp_path):
     # a popularity-driven toy: both paths learn it well above chance (10 of 50 candidates = 0.20)
     assert results["false"] > 0.4 and results["true"] > 0.4, results
     assert results["true"] >= results["false"] - 0.05, results
+    assert results["rowwise"] >= results["false"] - 0.05, results
 
 
 def _tiny_split():

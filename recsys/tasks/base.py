@@ -37,6 +37,7 @@ class TrainableTask(L.LightningModule):
         self.extra_losses: list[Any] = []
         self.sparse = resolve_sparse(sparse, optimizer, weight_decay, model)   # row-wise embedding updates
         self._sparse_modules: list[nn.Embedding] = []
+        self._rowwise: Any = None   # a RowwiseAdam while training with it: flushed before validation and at the end
 
     def add_extra_losses(self, loss: torch.Tensor, batch: Any, out: torch.Tensor) -> torch.Tensor:
         for term in self.extra_losses:
@@ -44,14 +45,31 @@ class TrainableTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.sparse:   # sparse embedding gradients: SparseAdam (lazy moments) or SGD, see recsys.tasks.optim
-            opt, self._sparse_modules = build_sparse_adam(self.model, self.lr, self.optimizer_name)
+        if self.sparse:   # sparse embedding gradients: RowwiseAdam, SparseAdam or SGD, see recsys.tasks.optim
+            opt, self._sparse_modules = build_sparse_adam(self.model, self.lr, self.optimizer_name, self.sparse)
+            self._rowwise = opt if hasattr(opt, "flush") else None
             return opt
         params = [p for p in self.model.parameters() if p.requires_grad]
         return OPTIMIZERS[self.optimizer_name](params, lr=self.lr, weight_decay=self.weight_decay)
 
+    def flush_rows(self) -> None:
+        """Bring rows a row-wise optimizer has not touched lately up to date (dense Adam's weights): before anything
+        reads the whole tables (validation, checkpoints, the end of training)."""
+        if self._rowwise is not None:
+            self._rowwise.flush()
+
+    def on_validation_epoch_start(self) -> None:
+        self.flush_rows()
+
+    def on_train_epoch_end(self) -> None:
+        self.flush_rows()
+
     def on_fit_end(self) -> None:
         """Give the model back with dense embedding gradients (later stages, export and callers expect them)."""
+        self.flush_rows()
+        if self._rowwise is not None:
+            self._rowwise.detach()
+            self._rowwise = None
         for m in self._sparse_modules:
             m.sparse = False
         self._sparse_modules = []

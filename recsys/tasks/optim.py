@@ -23,7 +23,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-SPARSE_CHOICES = ("auto", "true", "false")
+SPARSE_CHOICES = ("auto", "true", "false", "rowwise", "rowwise_lazy")
+# true: torch's SparseAdam (lazy) on the tables; rowwise: recsys.tasks.rowwise_adam.RowwiseAdam, dense Adam's math
+# touching only batch rows; rowwise_lazy: the same kernel without the catch-up (lazy Adam, for comparison).
 
 
 def sparse_embeddings(model: nn.Module) -> list[nn.Embedding]:
@@ -39,22 +41,29 @@ def sparse_embeddings(model: nn.Module) -> list[nn.Embedding]:
     return out
 
 
-def resolve_sparse(setting: Any, optimizer: str, weight_decay: float, model: nn.Module) -> bool:
-    """``train.sparse`` (auto | true | false) -> whether to train with row-wise embedding updates.
+def resolve_sparse(setting: Any, optimizer: str, weight_decay: float, model: nn.Module) -> str:
+    """``train.sparse`` -> the embedding-update path: "" (dense, every row), "sparse" (SparseAdam / sparse SGD),
+    "rowwise" or "rowwise_lazy" (:class:`~recsys.tasks.rowwise_adam.RowwiseAdam`).
 
-    ``auto``: yes for Adam or plain SGD without weight decay when the model has plain embedding tables; ``true``
-    insists (and says why it cannot when it cannot); ``false``: dense updates of every row, the reference semantics.
-    For SGD (no momentum) sparse and dense updates are the same math: a row without gradient does not move."""
+    ``auto``: ``rowwise`` for Adam without weight decay, ``sparse`` for plain SGD (sparse and dense SGD are the same
+    math: a row without gradient does not move), when the model has plain embedding tables; otherwise dense.
+    ``true`` / ``rowwise`` / ``rowwise_lazy`` insist (and say why they cannot when they cannot); ``false``: dense."""
     s = str(setting).lower() if setting is not None else "false"
     if s not in SPARSE_CHOICES:
         raise ValueError(f"train.sparse={setting!r} is not one of {list(SPARSE_CHOICES)}")
     if s == "false":
-        return False
-    ok = optimizer in ("adam", "sgd") and not weight_decay and bool(sparse_embeddings(model))
-    if s == "true" and not ok:
-        raise ValueError(f"train.sparse=true needs train.optimizer=adam or sgd (got {optimizer!r}), train.weight_decay=0 "
-                         f"(got {weight_decay}) and a model with plain nn.Embedding tables; use train.sparse=auto")
-    return ok
+        return ""
+    allowed = ("adam", "sgd") if s in ("auto", "true") else ("adam",)
+    ok = optimizer in allowed and not weight_decay and bool(sparse_embeddings(model))
+    if s != "auto" and not ok:
+        raise ValueError(f"train.sparse={s} needs train.optimizer={' or '.join(allowed)} (got {optimizer!r}), "
+                         f"train.weight_decay=0 (got {weight_decay}) and a model with plain nn.Embedding tables; "
+                         "use train.sparse=auto")
+    if not ok:
+        return ""
+    if s == "auto":
+        return "rowwise" if optimizer == "adam" else "sparse"
+    return "sparse" if s == "true" else s
 
 
 class SparseDenseAdam(torch.optim.Optimizer):
@@ -105,10 +114,19 @@ def fused_adam(params: Iterable[torch.Tensor], **kw: Any) -> torch.optim.Adam:
     return torch.optim.Adam(params, fused=True, **kw)
 
 
-def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam"
+def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam", mode: str = "sparse"
                       ) -> tuple[torch.optim.Optimizer, list[nn.Embedding]]:
-    """Switch the model's plain embedding tables to sparse gradients and return (optimizer, the switched modules)."""
+    """Switch the model's plain embedding tables to sparse gradients and return (optimizer, the switched modules).
+    ``mode``: "sparse" (SparseAdam / SGD) or "rowwise" / "rowwise_lazy" (RowwiseAdam, hooked on the tables)."""
     embs = sparse_embeddings(model)
+    if mode in ("rowwise", "rowwise_lazy") and optimizer == "adam":
+        from recsys.tasks.rowwise_adam import RowwiseAdam
+
+        tables = {id(m.weight) for m in embs}
+        opt = RowwiseAdam([m.weight for m in embs], [p for p in model.parameters() if p.requires_grad and
+                                                     id(p) not in tables], lr=lr, catch_up=mode == "rowwise")
+        opt.attach(embs)
+        return opt, embs
     for m in embs:
         m.sparse = True
     if optimizer == "sgd":   # torch SGD without momentum/decay accepts sparse gradients: only batch rows are written

@@ -61,12 +61,14 @@ class RankingTask(TrainableTask):
         self._loss_sum, self._loss_n = None, 0
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()   # row-wise optimizer: rows brought up to date before validation reads them
         # Validation runs at the end of each training epoch, before any on_train_epoch_end hook: logging here makes the
         # epoch's loss visible to callbacks (the per-epoch progress line, the divergence guard) for that same epoch.
         if not self.trainer.sanity_checking:
             self._log_epoch_loss()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         self._log_epoch_loss()   # epochs without a validation pass
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -144,11 +146,12 @@ class RankingFamily(TaskFamily):
 
     @staticmethod
     def _sparse_setting(cfg: Any, data_rows: nn.Module) -> Any:
-        """``train.sparse``, with ``auto`` kept only where a batch touches few table rows (<= 10 %, a guess to be
-        settled by ``experiments/ncf_benchmark.py --compare-sparse``): where one batch hits a large share of the rows
-        (ML-1M at batch 2048: ~40 %) Adam's dense pass costs little more than sorting/coalescing sparse gradients.
-        Two loaded-machine step checks at ML-1M b2048 disagreed (sparse 0.74x at load 31, 1.38x at load 9; b256
-        1.27x), so auto stays conservative (existing b2048 figures unchanged) until the quiet benchmark decides."""
+        """``train.sparse``, with ``auto`` (row-wise Adam) kept only where a batch touches few table rows (<= 10 %):
+        where one batch hits a large share of the rows (ML-1M at batch 2048: ~40 %) the row kernels' random-row
+        gathers and writes cost more than the fused dense pass over the whole table. Interleaved step times in one
+        process (experiments/sparse_step_ratio.py, 1 thread, machine at load ~5): ML-1M b256 (5 % of rows) the
+        row-wise step 1.14x as fast as the fused dense one (lazy 1.40x), b2048 0.63x (lazy 0.84x); the quiet
+        benchmark should settle the threshold."""
         setting = cfg.train.get("sparse", "false")
         if str(setting).lower() != "auto":
             return setting
