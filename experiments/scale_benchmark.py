@@ -19,9 +19,8 @@ Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s with
 
 Bounded: the training epoch stops after ``--max-train-minutes`` (default 20; samples/s is then from the batches done,
 and the table says so), so the whole ML-20M run takes about read+split + negatives + 20 min + evaluation (~10 min)
-at most. ``--sparse`` (default auto) is ``train.sparse``: auto gives row-wise SparseAdam where a batch touches <= 10 %
-of the embedding rows (ML-20M at batch 2048: ~2.5 %) and dense Adam elsewhere (ML-1M: ~40 %); the path each dataset
-used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
+at most. ``--sparse`` (default auto) is ``train.sparse`` (``recsys.tasks.optim.resolve_sparse``: auto is row-wise
+Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
 The table and every figure are logged to MLflow (``tracking.uri``: $RECSYS_TRACKING_URI or mlruns/, experiment
 ``--experiment``), one run per invocation.
 """
@@ -102,7 +101,9 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
     sparse = resolve_sparse(family._sparse_setting(cfg, model), cfg.train.optimizer, cfg.train.weight_decay, model)
     facts = {"users": data.n_users, "items": data.n_items, "train_rows": len(data.train_users),
-             "optimizer_path": "sparse (SparseAdam on embeddings)" if sparse else "dense Adam"}
+             "optimizer_path": {"": "dense Adam", "sparse": "sparse (SparseAdam on embeddings)",
+                                "rowwise": "row-wise Adam on embeddings (train.sparse=rowwise)",
+                                "rowwise_lazy": "row-wise lazy Adam on embeddings"}.get(sparse, str(sparse))}
     print(f"  {data.n_users:,} users x {data.n_items:,} items, {len(data.train_users):,} train rows; "
           f"train.sparse={args.sparse} -> {facts['optimizer_path']}", flush=True)
     budget = TrainBudget(args.max_train_minutes)
@@ -132,7 +133,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="ml-1m-loo", help="data preset run first for comparison, or 'none'")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false"], help="train.sparse (see above)")
+    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false", "rowwise", "rowwise_lazy"],
+                    help="train.sparse (see above)")
     ap.add_argument("--max-train-minutes", type=float, default=20.0,
                     help="stop the training epoch after this many minutes (0: run it whole)")
     ap.add_argument("--experiment", default="scale-benchmark", help="MLflow experiment")
