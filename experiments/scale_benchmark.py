@@ -1,7 +1,8 @@
 """Scale benchmark (issue 13): NeuMF f=32 [128,64,32] end to end on an interaction file (e.g. the ML-20M-shaped one
 from ``experiments/make_synthetic.py``) through the generic reader (``data=csv``), the same path ``data=ml-20m`` uses.
 
-Prints, per stage, seconds and the process's peak RSS so far: read + split, training negatives of one epoch, one
+Prints, per stage, wall seconds, the process's CPU seconds (user + sys, all threads: the figure to judge a stage
+by when the machine is shared) and the process's peak RSS so far: read + split, training negatives of one epoch, one
 training epoch (training only, with its samples/s), sampled evaluation (test + validation), full-ranking evaluation
 (every test user over every item, known items masked, blocked over users: never the full score matrix), export
 (dense artifact written and reloaded) and latency. ``--baseline ml-1m-loo`` runs the same stages on ML-1M first, so the
@@ -18,9 +19,8 @@ Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s with
 
 Bounded: the training epoch stops after ``--max-train-minutes`` (default 20; samples/s is then from the batches done,
 and the table says so), so the whole ML-20M run takes about read+split + negatives + 20 min + evaluation (~10 min)
-at most. ``--sparse`` (default auto) is ``train.sparse``: auto gives row-wise SparseAdam where a batch touches <= 10 %
-of the embedding rows (ML-20M at batch 2048: ~2.5 %) and dense Adam elsewhere (ML-1M: ~40 %); the path each dataset
-used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
+at most. ``--sparse`` (default auto) is ``train.sparse`` (``recsys.tasks.optim.resolve_sparse``: auto is row-wise
+Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
 The table and every figure are logged to MLflow (``tracking.uri``: $RECSYS_TRACKING_URI or mlruns/, experiment
 ``--experiment``), one run per invocation.
 """
@@ -83,23 +83,27 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
     family = get_family(cfg.model.task)
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, tuple[float, float, float | None]] = {}   # stage: (wall s, peak RSS GB, CPU s or None)
 
     def stage(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = fn()
-        out[name] = (time.perf_counter() - t0, peak_rss_gb())
-        print(f"  {name:28s} {out[name][0]:9.1f} s   peak RSS {out[name][1]:6.2f} GB", flush=True)
+        out[name] = (time.perf_counter() - t0, peak_rss_gb(), time.process_time() - c0)
+        print(f"  {name:28s} {out[name][0]:9.1f} s   CPU {out[name][2]:7.1f} s   peak RSS {out[name][1]:6.2f} GB",
+              flush=True)
         return r
 
     data = stage("read + split", lambda: family.load_data(cfg))
-    dm = family.make_datamodule(data, cfg)
-    stage("negatives (1 epoch)", lambda: dm.train_data.epoch_tensors(0))
+    # a throwaway datamodule, freed with its positives lookup (463 MB at ML-20M size) before training builds its own,
+    # as a real run holds only one
+    stage("negatives (1 epoch)", lambda: (family.make_datamodule(data, cfg).train_data.epoch_tensors(0), None)[1])
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(family.model_spec(OmegaConf.to_container(cfg.model, resolve=True), data))
     sparse = resolve_sparse(family._sparse_setting(cfg, model), cfg.train.optimizer, cfg.train.weight_decay, model)
     facts = {"users": data.n_users, "items": data.n_items, "train_rows": len(data.train_users),
-             "optimizer_path": "sparse (SparseAdam on embeddings)" if sparse else "dense Adam"}
+             "optimizer_path": {"": "dense Adam", "sparse": "sparse (SparseAdam on embeddings)",
+                                "rowwise": "row-wise Adam on embeddings (train.sparse=rowwise)",
+                                "rowwise_lazy": "row-wise lazy Adam on embeddings"}.get(sparse, str(sparse))}
     print(f"  {data.n_users:,} users x {data.n_items:,} items, {len(data.train_users):,} train rows; "
           f"train.sparse={args.sparse} -> {facts['optimizer_path']}", flush=True)
     budget = TrainBudget(args.max_train_minutes)
@@ -107,14 +111,14 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
                                                                                   select_best=False))
     n = family.samples_per_epoch(data, cfg)
     facts["epoch_fraction"] = budget.samples / n
-    out["training samples/s"] = (budget.samples / budget.seconds, peak_rss_gb())
+    out["training samples/s"] = (budget.samples / budget.seconds, peak_rss_gb(), None)
     cut = (f"; STOPPED by --max-train-minutes {args.max_train_minutes:g} after {facts['epoch_fraction']:.1%} of the "
            "epoch") if budget.stopped else ""
     print(f"  {'training samples/s':28s} {out['training samples/s'][0]:9,.0f}   (training only, "
           f"{budget.seconds:.1f} s{cut})", flush=True)
     q = stage("evaluation (all)", lambda: family.evaluate(model, data, cfg))
-    out["sampled eval (test)"] = (q["eval_seconds"], peak_rss_gb())
-    out["full-ranking eval"] = (q["full_eval_seconds"], peak_rss_gb())
+    out["sampled eval (test)"] = (q["eval_seconds"], peak_rss_gb(), None)
+    out["full-ranking eval"] = (q["full_eval_seconds"], peak_rss_gb(), None)
     print(f"  of which sampled test {q['eval_seconds']:.1f} s, full ranking {q['full_eval_seconds']:.1f} s; "
           f"HR@10 {q['hr_at_10']:.4f}, recall@10 {q['recall_at_10']:.4f}", flush=True)
     path = Path(cache_dir) / "model.pt"
@@ -129,7 +133,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="ml-1m-loo", help="data preset run first for comparison, or 'none'")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false"], help="train.sparse (see above)")
+    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false", "rowwise", "rowwise_lazy"],
+                    help="train.sparse (see above)")
     ap.add_argument("--max-train-minutes", type=float, default=20.0,
                     help="stop the training epoch after this many minutes (0: run it whole)")
     ap.add_argument("--experiment", default="scale-benchmark", help="MLflow experiment")
@@ -150,9 +155,13 @@ def main() -> None:
              f"paths.data_dir={f.parent.parent}"], args, tmp + "/big")
     names = list(results)
     lines = [f"| stage (torch threads={args.threads}, batch {args.batch_size}, train.sparse={args.sparse}) | " +
-             " | ".join(f"{n} s (peak RSS GB)" for n in names) + " |", "|---|" + "---|" * len(names)]
+             " | ".join(f"{n} s [CPU s] (peak RSS GB)" for n in names) + " |", "|---|" + "---|" * len(names)]
+
+    def cell(sec: float, rss: float, cpu: float | None) -> str:
+        return f"{sec:,.1f}" + (f" [{cpu:,.1f}]" if cpu is not None else "") + f" ({rss:.2f})"
+
     for st in results[names[-1]]:
-        cells = [f"{results[n][st][0]:,.1f} ({results[n][st][1]:.2f})" if st in results[n] else "–" for n in names]
+        cells = [cell(*results[n][st]) if st in results[n] else "–" for n in names]
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
     for key in ("users", "items", "train_rows", "optimizer_path", "epoch_fraction"):
         cells = [f"{facts[n][key]:,}" if isinstance(facts[n][key], int) else
@@ -182,10 +191,12 @@ def log_mlflow(args: argparse.Namespace, f: Path, results: dict, facts: dict, ta
         metrics = {}
         for n, stages in results.items():
             tag = "big" if n == f.name else "baseline"
-            for st, (sec, rss) in stages.items():
+            for st, (sec, rss, cpu) in stages.items():
                 key = re.sub(r"[^a-z0-9]+", "_", st.lower()).strip("_")
                 metrics[f"{tag}/{key}"] = sec
                 metrics[f"{tag}/{key}_peak_rss_gb"] = rss
+                if cpu is not None:
+                    metrics[f"{tag}/{key}_cpu_s"] = cpu
             metrics[f"{tag}/epoch_fraction"] = facts[n]["epoch_fraction"]
         tr.log_metrics(metrics)
         tr.log_text(table + "\n", "scale_benchmark.md")

@@ -72,19 +72,21 @@ def test_eval_loaders(split):
 
 # sha256 of epochs 0-2 (single process, and rank 1 of 2) for the toy split below, seed 7, data_fraction 0.8:
 # generated from main at 9e1d2b4, BEFORE the train-positive lookup was built once per split, so this proves the
-# reuse (and the in-place, lower-memory epoch assembly) changed no draw. Any change to the epoch plan, the negatives or the shuffle must update it deliberately.
+# reuse (and the in-place, lower-memory epoch assembly, and the int32 epoch tensors) changed no draw. Any change to the epoch plan, the negatives or the shuffle must update it deliberately.
 _EPOCHS_SHA256 = "9a1ffeeea7fcd26edf22caf080edeed47962a109fe8e049cd7f7160328cf9024"
 
 
-@pytest.mark.parametrize("dense", [True, False])
-def test_positives_lookup_built_once_and_epochs_unchanged(dense, monkeypatch, tmp_path):
+@pytest.mark.parametrize("lookup", ["dense", "bitset", "keys"])
+def test_positives_lookup_built_once_and_epochs_unchanged(lookup, monkeypatch, tmp_path):
     import hashlib
 
     from recsys.data import datamodule, sampling
 
-    if not dense:  # the sorted-keys lookup, queried in small blocks (as at ML-20M size)
+    if lookup != "dense":  # the bitset (ML-20M size) or sorted-keys lookup, queried in small blocks
         monkeypatch.setattr(sampling, "_DENSE_CELLS", 0)
         monkeypatch.setattr(sampling, "_CHUNK", 7)
+    if lookup == "keys":
+        monkeypatch.setattr(sampling, "_BITSET_CELLS", 0)
     built = []
     real = sampling.TrainPositives
 
@@ -100,8 +102,40 @@ def test_positives_lookup_built_once_and_epochs_unchanged(dense, monkeypatch, tm
     for ep in range(3):
         for rank, world in ((0, 1), (1, 2)):
             for t in dm.train_data.epoch_tensors(ep, rank, world):
-                h.update(t.numpy().tobytes())
+                assert t.dtype in (torch.float32, torch.int32)
+                h.update((t if t.is_floating_point() else t.long()).numpy().tobytes())  # hashed as the int64 it was
     assert h.hexdigest() == _EPOCHS_SHA256
     assert len(built) == 1  # six epoch draws, one lookup
     import pickle
     assert pickle.loads(pickle.dumps(dm.train_data))._positives is None  # DDP spawn does not ship it
+
+
+def test_fit_cut_short_releases_the_epoch(split):
+    """An epoch stopped early leaves its generator suspended in Lightning's trainer (a reference cycle): teardown
+    after fit empties it, so the epoch's samples (1.2 GB at ML-20M size) do not live on into evaluation."""
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(split.n_users, 1)
+
+        def training_step(self, batch, i):
+            return self.emb(batch[0]).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = RankingDataModule(split, batch_size=16, num_negatives=2, seed=1)
+    it = iter(dm.train_data)
+    next(it)
+    assert len(dm.train_data._current) == 3 and dm.train_data._positives is not None
+    dm.teardown("fit")
+    assert dm.train_data._current == [] and dm.train_data._positives is None
+    assert next(it, None) is None   # a released generator ends instead of yielding freed samples
+    b = next(iter(dm.train_data))
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in b)  # no view of the epoch
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(Tiny(), datamodule=dm)
+    assert dm.train_data._current == [] and dm.train_data._positives is None
+    assert len(list(dm.train_dataloader())) == len(dm.train_data)   # the next epoch rebuilds what it needs

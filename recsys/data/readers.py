@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.sources import DataNotFoundError, find_file
-from recsys.data.validate import read_table
+from recsys.data.validate import read_table, release_arrow_memory
 from recsys.errors import ConfigError
 
 MOVIELENS_RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -68,6 +68,8 @@ def read_movielens(name: str, folder: str | os.PathLike, bad_lines: str = "error
     df = t.columns(spec)
     out = _typed(df.astype({"user": np.int64, "item": np.int64}))
     out.attrs["skipped_lines"] = t.skipped
+    del t, df
+    release_arrow_memory()  # the parsed frame lived in pyarrow's pool
     return out
 
 
@@ -87,6 +89,8 @@ def read_csv_interactions(path: str | os.PathLike, user_col: str, item_col: str,
         spec["rating"] = (rating_col, "data.rating_col", "number")
     out = _typed(t.columns(spec, time_format=time_format))
     out.attrs["skipped_lines"] = t.skipped
+    del t
+    release_arrow_memory()  # the parsed frame lived in pyarrow's pool: ~0.5 GB at 19 M rows
     return out
 
 

@@ -40,7 +40,7 @@ from recsys.data.readers import (
     read_movielens,
     read_ncf,
 )
-from recsys.data.sampling import csr_from_pairs, sample_eval_negatives
+from recsys.data.sampling import csr_from_pairs, sample_eval_negatives, sorted_unique
 from recsys.data.sources import default_cache_dir, find_file, resolve_files, sha256_files
 from recsys.fileio import atomic_path
 
@@ -135,9 +135,22 @@ class ImplicitSplit:
                        checksum=str(z["checksum"]), **extra, **{k: z[k] for k in _ARRAYS})
 
 
+def _lex_order(users: np.ndarray, key: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``np.lexsort((items, key, users))``: one stable argsort of a packed int64 key when the three fit in 63 bits
+    (ML-20M with timestamps: 18 + 30 + 15 bits; 4 s of CPU at 20 M rows against 16 s for lexsort), else lexsort."""
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    kmin, kmax = int(key.min()), int(key.max())
+    width, span = int(items.max()) + 1, kmax - kmin + 1
+    if int(users.min()) < 0 or int(items.min()) < 0 or (int(users.max()) + 1) * span * width >= 2 ** 63:
+        return np.lexsort((items, key, users))
+    packed = (users.astype(np.int64) * span + (key.astype(np.int64) - kmin)) * width + items
+    return np.argsort(packed, kind="stable")
+
+
 def _rank_from_end(users: np.ndarray, items: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row: its position counted from the user's last row in (key, item) order, and the user's row count."""
-    order = np.lexsort((items, key, users))
+    order = _lex_order(users, key, items)
     su = users[order]
     n = len(su)
     starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]) if n else np.zeros(0, dtype=np.int64)
@@ -175,10 +188,35 @@ def hold_out_last(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray |
 
 
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (user, item), keeping the latest timestamp."""
+    """One row per (user, item), keeping the latest timestamp; rows ordered by timestamp (stable)."""
+    order = _dedupe_order(df)
+    if order is not None:
+        return df.take(order).reset_index(drop=True)
     if "timestamp" in df:
         df = df.sort_values("timestamp", kind="stable")
     return df.drop_duplicates(["user", "item"], keep="last").reset_index(drop=True)
+
+
+def _dedupe_order(df: pd.DataFrame) -> np.ndarray | None:
+    """Rows kept by :func:`_dedupe`, in its order, for integer ids (else None): the same rows as pandas' stable
+    ``sort_values`` + ``drop_duplicates(keep="last")`` from two argsorts (~5 s of CPU at 20 M rows against 12 s)."""
+    u, i = df["user"].to_numpy(), df["item"].to_numpy()
+    if len(df) == 0 or u.dtype.kind not in "iu" or i.dtype.kind not in "iu":
+        return None
+    umin, imin = int(u.min()), int(i.min())
+    width = int(i.max()) - imin + 1
+    if (int(u.max()) - umin + 1) * width >= 2 ** 63:
+        return None
+    order = (np.argsort(df["timestamp"].to_numpy(), kind="stable") if "timestamp" in df
+             else np.arange(len(df), dtype=np.int64))
+    keys = ((u.astype(np.int64) - umin) * width + (i.astype(np.int64) - imin))[order]
+    s = np.sort(keys)
+    if len(s) < 2 or not (s[1:] == s[:-1]).any():
+        return order
+    by_key = np.argsort(keys, kind="stable")       # each pair's rows, in timestamp order
+    k = keys[by_key]
+    last = np.concatenate((k[1:] != k[:-1], [True]))
+    return order[np.sort(by_key[last])]
 
 
 def _source_files(cfg: DataConfig, folder: Path) -> list[Path]:
@@ -262,8 +300,8 @@ def _sorted_unique(values: pd.Series) -> np.ndarray:
     """Sorted distinct raw ids as a numpy array (int64 for integer ids, object otherwise)."""
     arr = values.to_numpy()
     if arr.dtype.kind not in "iu":
-        arr = np.asarray(values.astype(str).to_numpy(), dtype=object)
-    return np.unique(arr)
+        return np.unique(np.asarray(values.astype(str).to_numpy(), dtype=object))
+    return sorted_unique(arr)
 
 
 def _index(ids: np.ndarray, values: pd.Series) -> np.ndarray:
