@@ -312,6 +312,7 @@ class SessionParallelBatches(IterableDataset):
         counts = item_counts if item_counts is not None else np.bincount(sessions.items, minlength=n_items)
         p = counts.astype(np.float64) ** sample_alpha
         self.cdf = np.cumsum(p / p.sum())
+        self._plans: dict[tuple[int, int, int], tuple] = {}   # the last epoch plan (``steps``)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -355,13 +356,29 @@ class SessionParallelBatches(IterableDataset):
                     return
                 cur, end, reset = cur[keep], end[keep], reset[keep]
 
+    def steps(self, epoch: int, rank: int = 0, world: int = 1
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """``plan`` as flat arrays, computed once and kept (the plan depends on the epoch only through
+        ``data_fraction`` < 1): (click positions of all steps, step boundaries into them, reset masks, {step: keep})."""
+        key = (epoch if self.data_fraction < 1.0 else 0, rank, world)
+        if key not in self._plans:
+            pos, reset, keeps, bounds = [], [], {}, [0]
+            for i, (p, r, k) in enumerate(self.plan(epoch, rank, world)):
+                pos.append(p)
+                reset.append(r)
+                bounds.append(bounds[-1] + len(p))
+                if k is not None:
+                    keeps[i] = k
+            self._plans = {key: (np.concatenate(pos), np.asarray(bounds), np.concatenate(reset), keeps)}
+        return self._plans[key]
+
     def n_steps(self, epoch: int = 0) -> int:
         """Steps in ``epoch``."""
-        return sum(1 for _ in self.plan(epoch))
+        return len(self.steps(epoch)[1]) - 1
 
     def n_events(self, epoch: int = 0) -> int:
         """Training events (clicks with a next click) of ``epoch``: the sum of the steps' sizes."""
-        return sum(len(pos) for pos, _, _ in self.plan(epoch))
+        return len(self.steps(epoch)[0])
 
     def _negatives(self, rng: np.random.Generator) -> Iterator[torch.Tensor]:
         """``n_sample`` popularity^alpha negatives per step, drawn in vectorised blocks (same stream as per step)."""
@@ -383,17 +400,20 @@ class SessionParallelBatches(IterableDataset):
         self.epoch += 1
         rank, world = rank_world()
         rng = np.random.default_rng([self.seed, epoch] + ([1 + rank] if world > 1 else []))
+        pos, bounds, reset, keeps = self.steps(epoch, rank, world)
         items = torch.from_numpy(self.s.items)
+        p = torch.from_numpy(pos)
+        # every step's tensors are views of three epoch-long ones, built once (no per-step numpy)
+        inputs, targets, resets = items[p], items[p + 1], torch.from_numpy(reset)
         negatives = self._negatives(rng) if self.n_sample else None
         empty = torch.zeros(0, dtype=torch.long)
-        steps = self.rank_steps(epoch, world) if world > 1 else None
-        for i, (pos, reset, keep) in enumerate(self.plan(epoch, rank, world)):
-            if steps is not None and i >= steps:  # every rank stops at the shortest rank's step count (DDP needs equal steps)
-                return
-            p = torch.from_numpy(pos)
+        steps = self.rank_steps(epoch, world) if world > 1 else len(bounds) - 1
+        for i in range(steps):   # under DDP every rank stops at the shortest rank's step count (equal steps)
+            a, b = int(bounds[i]), int(bounds[i + 1])
             neg = next(negatives) if negatives is not None else empty
-            step = (items[p], items[p + 1], torch.from_numpy(reset), neg)
+            step = (inputs[a:b], targets[a:b], resets[a:b], neg)
             if self.epoch_end == "drain":
+                keep = keeps.get(i)
                 step += (torch.from_numpy(keep) if keep is not None else empty,)
             yield step
 
