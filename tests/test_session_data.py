@@ -116,3 +116,17 @@ def test_session_parallel_evaluation_gives_the_padded_paths_ranks_on_real_sessio
     assert len(new) == sub.n_targets > 1000
     assert torch.equal(new.sort().values, old.sort().values)
     assert session_metrics(new, (20, 5)) == session_metrics(old, (20, 5))
+
+
+def test_torch_search_negatives_are_exactly_the_numpy_draws():
+    """SessionParallelBatches._search (torch.searchsorted over the float64 cdf) returns np.searchsorted(cdf, u) for
+    every draw, including draws on the cdf's own values, on a cdf with flat runs (zero-count items) and one dominant
+    item."""
+    counts = np.r_[np.zeros(50), 1e6, np.arange(1, 200) ** 3, np.zeros(30), 1.0]
+    s = Sessions(np.array([0, 2]), np.array([0, 1]), np.array([False, True]))
+    it = SessionParallelBatches(s, 1, len(counts), n_sample=8, sample_alpha=0.5, item_counts=counts)
+    u = np.r_[np.random.default_rng(0).random(200_000), it.cdf, np.nextafter(it.cdf, 0), 0.0]
+    u = u[u < 1]
+    got = it._search(u)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), np.searchsorted(it.cdf, u))

@@ -313,6 +313,7 @@ class SessionParallelBatches(IterableDataset):
         p = counts.astype(np.float64) ** sample_alpha
         self.cdf = np.cumsum(p / p.sum())
         self._plans: dict[tuple[int, int, int], tuple] = {}   # the last epoch plan (``steps``)
+        self._guide: torch.Tensor | None = None              # the cdf as a tensor, for ``_search``
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -380,14 +381,22 @@ class SessionParallelBatches(IterableDataset):
         """Training events (clicks with a next click) of ``epoch``: the sum of the steps' sizes."""
         return len(self.steps(epoch)[0])
 
-    def _negatives(self, rng: np.random.Generator) -> Iterator[torch.Tensor]:
-        """``n_sample`` popularity^alpha negatives per step, drawn in vectorised blocks (same stream as per step)."""
-        per_block = max(1, min(BLOCK_STEPS, SAMPLE_STORE // max(1, self.n_sample)))
+    def _negatives(self, rng: np.random.Generator, steps: int) -> Iterator[torch.Tensor]:
+        """``n_sample`` popularity^alpha negatives per step, drawn in vectorised blocks (same stream as per step), no
+        more than the epoch's ``steps`` use (a block of 4,096 steps was 2.5x what a 1,650-step epoch needs)."""
+        per_block = max(1, min(BLOCK_STEPS, SAMPLE_STORE // max(1, self.n_sample), steps))
         while True:
-            draws = np.searchsorted(self.cdf, rng.random(per_block * self.n_sample)).clip(max=self.n_items - 1)
-            block = torch.from_numpy(draws.astype(np.int64)).view(per_block, self.n_sample)
+            draws = self._search(rng.random(per_block * self.n_sample)).clamp_(max=self.n_items - 1)
+            block = draws.view(per_block, self.n_sample)
             for row in range(per_block):   # one view at a time (iterating the tensor built all of them up front)
                 yield block[row]
+
+    def _search(self, u: np.ndarray) -> torch.Tensor:
+        """``np.searchsorted(self.cdf, u)`` (the same int64 answers) through ``torch.searchsorted``: ~1.4x faster on
+        one thread and it uses torch's threads; the search was ~0.5 ms per step at n_sample=2048."""
+        if self._guide is None:
+            self._guide = torch.from_numpy(self.cdf)
+        return torch.searchsorted(self._guide, torch.from_numpy(u))
 
     def rank_steps(self, epoch: int, world: int) -> int:
         """Steps every rank runs in ``epoch``: the fewest of any rank's share (all of them with one process)."""
@@ -405,9 +414,9 @@ class SessionParallelBatches(IterableDataset):
         p = torch.from_numpy(pos)
         # every step's tensors are views of three epoch-long ones, built once (no per-step numpy)
         inputs, targets, resets = items[p], items[p + 1], torch.from_numpy(reset)
-        negatives = self._negatives(rng) if self.n_sample else None
-        empty = torch.zeros(0, dtype=torch.long)
         steps = self.rank_steps(epoch, world) if world > 1 else len(bounds) - 1
+        negatives = self._negatives(rng, steps) if self.n_sample else None
+        empty = torch.zeros(0, dtype=torch.long)
         for i in range(steps):   # under DDP every rank stops at the shortest rank's step count (equal steps)
             a, b = int(bounds[i]), int(bounds[i + 1])
             neg = next(negatives) if negatives is not None else empty
