@@ -61,8 +61,10 @@ class AdagradM(torch.optim.Optimizer):
                         upd = state["mom"].index_select(0, idx).mul_(mom).add_(upd)
                         state["mom"].index_copy_(0, idx, upd)
                     p.index_add_(0, idx, upd)
-                else:
-                    denom = state["acc"].addcmul_(g, g).add(eps).sqrt_()
+                else:   # the root goes into a kept buffer: no new parameter-sized tensor per step (1.4M floats at 480 units)
+                    if "root" not in state:
+                        state["root"] = torch.empty_like(p)
+                    denom = torch.add(state["acc"].addcmul_(g, g), eps, out=state["root"]).sqrt_()
                     if mom > 0:
                         p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
                     else:
