@@ -173,3 +173,25 @@ def test_registry_listing_shows_each_version(job, capsys):
     assert main(["--registry", "nope", "--uri", uri]) == 2
     err = capsys.readouterr().err
     assert "no registered model named 'nope'" in err and "['neumf-ml-100k']" in err
+
+
+def test_top_k_ties_at_the_kth_score_go_to_the_lower_index():
+    """Integer scores with many ties: every row equals a full stable sort (score desc, index asc) with the excluded
+    positions removed, also where more items than k tie at the k-th score (argpartition alone picks arbitrarily)."""
+    from recsys.serve.pyfunc import top_k, top_k_rows
+
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        n_items, batch = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        scores = rng.integers(0, 4, size=(batch, n_items)).astype(np.float32)
+        ks = [int(rng.integers(1, n_items + 3)) for _ in range(batch)]
+        rows = rng.integers(0, batch, size=3)
+        cols = rng.integers(0, n_items, size=3)
+        got = top_k_rows(scores, ks, rows, cols)
+        for i in range(batch):
+            ex = set(cols[rows == i].tolist())
+            ref = [j for j in sorted(range(n_items), key=lambda j: (-scores[i, j], j)) if j not in ex][:ks[i]]
+            assert got[i][0].tolist() == ref, (case, i)
+            assert got[i][1].tolist() == scores[i, ref].tolist()
+        one = top_k(scores[0], ks[0], cols[rows == 0])
+        assert one[0].tolist() == got[0][0].tolist()

@@ -84,6 +84,14 @@ def top_k_rows(scores: np.ndarray, ks: list[int], rows: np.ndarray, cols: np.nda
         return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in ks]
     part = np.argpartition(-s, kmax - 1, axis=1)[:, :kmax]
     ps = np.take_along_axis(s, part, axis=1)
+    # argpartition keeps an arbitrary subset of the items tied at the k-th score: where more items than fit reach that
+    # score, the row is re-selected from every item at or above it, so ties go to the lower index as promised.
+    kth = ps.min(axis=1)
+    over = np.flatnonzero(np.isfinite(kth) & ((s >= kth[:, None]).sum(axis=1) > kmax))
+    for i in over:
+        idx = np.flatnonzero(s[i] >= kth[i])
+        part[i] = idx[np.lexsort((idx, -s[i, idx]))][:kmax]
+    ps = np.take_along_axis(s, part, axis=1)
     order = np.take_along_axis(part, np.lexsort((part, -ps), axis=1), axis=1)  # ties: lower index first
     best = np.take_along_axis(s, order, axis=1)
     out = []
