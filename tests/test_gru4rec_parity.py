@@ -162,6 +162,8 @@ def test_drain_training_step_compacts_the_state():
     torch.manual_seed(0)
     task = SessionTask(GRU4Rec(7, hidden_size=4), lr=0.1, optimizer="adagradm", item_counts=np.ones(7))
     it = SessionParallelBatches(_toy_sessions(), 3, 7, n_sample=3, epoch_end="drain")
+    opt = task.configure_optimizers()   # the step outside a Trainer: its manual optimization, by hand
+    task.optimizers, task.manual_backward = (lambda: opt), (lambda loss: loss.backward())
     for i, b in enumerate(it):
         task.training_step(b, i)
         assert task.hidden.shape[1] == len(b[0])
@@ -209,3 +211,28 @@ def test_family_check_names_bad_switch_values_before_training():
     bad = {**base, "model": {**base["model"], "logq_form": "exact", "momentum": 0.2, "sparse_items": True}}
     errs = " ".join(FAMILY.check(bad))
     assert "model.logq_form='exact'" in errs and "train.optimizer=adagradm" in errs and "model.sparse_items" in errs
+
+
+def test_fused_train_scores_match_the_unfused_step_and_touch_the_official_rows():
+    """GRU4Rec.train_scores (one read of the distinct item rows per step) gives the scores and gradients of step +
+    item_scores; the item table's sparse gradient lists inputs and candidates, the bias's candidates only."""
+    torch.manual_seed(0)
+    plain = GRU4Rec(12, hidden_size=5, init="official").train()
+    fused = GRU4Rec(12, hidden_size=5, init="official", sparse_items=True).train()
+    fused.load_state_dict(plain.state_dict())
+    items, cand = torch.tensor([7, 2, 2]), torch.tensor([3, 4, 3, 1, 4, 9])
+    hidden = torch.randn(1, 3, 5)
+    h0, hid0 = plain.step(items, hidden)
+    s0 = plain.item_scores(h0, cand)
+    h1, hid1, s1 = fused.train_scores(items, hidden, cand)
+    torch.testing.assert_close(s1, s0)
+    torch.testing.assert_close(hid1, hid0)
+    w = torch.randn_like(s0)
+    (s0 * w).sum().backward()
+    (s1 * w).sum().backward()
+    gw, gb = fused.out.weight.grad, fused.out.bias.grad
+    assert gw.is_sparse and gb.is_sparse
+    assert gw._indices()[0].tolist() == [1, 2, 3, 4, 7, 9] and gb._indices()[0].tolist() == [1, 3, 4, 9]
+    torch.testing.assert_close(gw.to_dense(), plain.out.weight.grad)
+    torch.testing.assert_close(gb.to_dense(), plain.out.bias.grad)
+    torch.testing.assert_close(fused.gru.weight_hh_l0.grad, plain.gru.weight_hh_l0.grad)

@@ -108,7 +108,7 @@ def structured_support(model: Any) -> bool:
 def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, loss: str = "cross-entropy",
                  bpreg: float = 0.0, logq: float = 0.0, log_pop: torch.Tensor | None = None,
                  offsets: torch.Tensor | None = None, mask_duplicates: bool = True,
-                 sum_over: int | None = None) -> torch.Tensor:
+                 sum_over: int | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
     """GRU4Rec's training loss on one session-parallel step (any SessionModel: it only calls ``item_scores``).
 
     Candidates = the minibatch's own targets (each row's target is the diagonal; the other rows' targets are its
@@ -121,19 +121,20 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
 
     Official-GRU4Rec switches (cross-entropy): ``offsets`` (b + n_sample,) replaces the logQ term with a given additive
     offset per candidate; ``mask_duplicates=False`` keeps copies of the target among the negatives; ``sum_over=n``
-    returns sum / n (a fixed batch size) instead of the mean over the rows present.
+    returns sum / n (a fixed batch size) instead of the mean over the rows present. ``scores``: the candidates' scores
+    when the caller already has them (a fused training step, ``GRU4Rec.train_scores``).
     """
     cand = torch.cat([targets, negatives])
-    scores = model.item_scores(h, cand)                                    # (b, b + n_sample)
+    if scores is None:
+        scores = model.item_scores(h, cand)                                # (b, b + n_sample)
     b = len(targets)
-    same = cand[None, :] == targets[:, None]
     if loss == "cross-entropy":
         if offsets is not None:
             scores = scores + offsets
         elif logq > 0 and log_pop is not None:
             scores = scores - logq * log_pop[cand]
         if mask_duplicates:                                                # duplicates of the target: not negatives
-            neg_mask = same.clone()
+            neg_mask = cand[None, :] == targets[:, None]
             neg_mask[torch.arange(b), torch.arange(b)] = False
             scores = scores.masked_fill(neg_mask, float("-inf"))
         if sum_over is not None:
@@ -141,7 +142,7 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
         return F.cross_entropy(scores, torch.arange(b, device=h.device))
     if loss == "bpr-max":
         pos = scores[torch.arange(b), torch.arange(b)][:, None]
-        not_neg = same                                                     # target itself and its duplicates
+        not_neg = cand[None, :] == targets[:, None]                        # target itself and its duplicates
         weights = torch.softmax(scores.masked_fill(not_neg, float("-inf")), dim=1)
         term = (weights * torch.sigmoid(pos - scores)).masked_fill(not_neg, 0.0).sum(1)
         reg = (weights * scores * scores).masked_fill(not_neg, 0.0).sum(1)

@@ -50,8 +50,10 @@ class AdagradM(torch.optim.Optimizer):
                         state["mom"] = torch.zeros_like(p)
                 g = p.grad
                 if g.is_sparse:
-                    g = g.coalesce()
-                    idx, v = g.indices()[0], g.values()
+                    idx, v = g._indices()[0], g._values()
+                    if len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all()):   # not rows in ascending order, once
+                        g = g.coalesce()   # each (autograd drops the coalesced flag of GRU4Rec's row gradients)
+                        idx, v = g.indices()[0], g.values()
                     acc = state["acc"].index_select(0, idx).addcmul_(v, v)
                     state["acc"].index_copy_(0, idx, acc)
                     upd = v.div(acc.add_(eps).sqrt_()).mul_(-lr)
@@ -59,8 +61,10 @@ class AdagradM(torch.optim.Optimizer):
                         upd = state["mom"].index_select(0, idx).mul_(mom).add_(upd)
                         state["mom"].index_copy_(0, idx, upd)
                     p.index_add_(0, idx, upd)
-                else:
-                    denom = state["acc"].addcmul_(g, g).add(eps).sqrt_()
+                else:   # the root goes into a kept buffer: no new parameter-sized tensor per step (1.4M floats at 480 units)
+                    if "root" not in state:
+                        state["root"] = torch.empty_like(p)
+                    denom = torch.add(state["acc"].addcmul_(g, g), eps, out=state["root"]).sqrt_()
                     if mom > 0:
                         p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
                     else:

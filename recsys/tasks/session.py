@@ -38,7 +38,37 @@ SWITCHES = {"logq_form": ("pop", "official"), "loss_norm": ("mean", "batch_size"
 
 @torch.inference_mode()
 def next_item_ranks(model: nn.Module, sessions: Sessions, batch_sessions: int = 512) -> torch.Tensor:
-    """0-based rank of every target click among all items, given the clicks before it in its session."""
+    """0-based rank of every target click among all items, given the clicks before it in its session (ties count
+    against the target). Session-parallel, as the official evaluation: ``batch_sessions`` slots, a slot whose session
+    ends takes the next session, and the batch shrinks at the end, so each step advances ``batch_sessions`` clicks;
+    models without ``select_state`` go through padded batches instead (``padded_next_item_ranks``, same ranks)."""
+    if not callable(getattr(model, "select_state", None)):
+        return padded_next_item_ranks(model, sessions, batch_sessions)
+    model.eval()
+    it = SessionParallelBatches(sessions, batch_sessions, int(sessions.items.max(initial=0)) + 1, epoch_end="drain")
+    if not len(it.usable):
+        return torch.zeros(0, dtype=torch.long)
+    pos, bounds, reset, keeps = it.steps(0)
+    items, p = torch.from_numpy(sessions.items), torch.from_numpy(pos)
+    inputs, nxt, is_target = items[p], items[p + 1], torch.from_numpy(sessions.targets[pos + 1])
+    resets, out, state = torch.from_numpy(reset), [], None
+    for i in range(len(bounds) - 1):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if i in keeps:
+            state = model.select_state(state, torch.from_numpy(keeps[i]))
+        state = model.reset_state(model.init_state(b - a) if state is None else state, resets[a:b])
+        h, state = model.advance(inputs[a:b], state)
+        rows = torch.nonzero(is_target[a:b], as_tuple=True)[0]
+        if len(rows):
+            scores = model.item_scores(h[rows]).float()
+            out.append(M.rank_of_target(scores, scores.gather(1, nxt[a:b][rows, None]).squeeze(1)))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def padded_next_item_ranks(model: nn.Module, sessions: Sessions, batch_sessions: int = 512) -> torch.Tensor:
+    """``next_item_ranks`` through right-padded batches of sessions of similar length (any SessionModel); one step
+    per click of the longest session of each batch."""
     model.eval()
     lengths = np.diff(sessions.offsets)
     order = np.argsort(lengths, kind="stable")           # similar lengths together: less padding
@@ -88,6 +118,13 @@ class SessionTask(TrainableTask):
         self.hidden: Any = None          # the model's per-session state (SessionModel contract, models/base.py)
         self._rows = 0                   # sessions that state holds
         self._ranks: list[torch.Tensor] = []
+        self._loss_sum: torch.Tensor | None = None   # summed on the tensor, logged once per epoch (no per-step log)
+        self._loss_n = 0
+        # Manual optimization: zero_grad / backward / step written out in training_step. A GRU4Rec step is a few ms of
+        # small ops, and Lightning's automatic loop (closure, per-step result collection) added ~1 ms to each (as in
+        # the ranking task). Callbacks see the same hooks; trainer.gradient_clip_val / accumulate_grad_batches do not
+        # apply to this task.
+        self.automatic_optimization = False
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -113,20 +150,44 @@ class SessionTask(TrainableTask):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         inputs, targets, reset, negatives = batch[:4]
+        opt = self.optimizers()
         if len(batch) > 4 and len(batch[4]) and self.hidden is not None:   # a shrinking batch (epoch_end: drain)
             self.hidden, self._rows = self.model.select_state(self.hidden, batch[4]), len(batch[4])
         if self.hidden is None or self._rows != len(inputs):
             self.hidden, self._rows = self.model.init_state(len(inputs), inputs.device), len(inputs)
         # the model's reset_state: slots where a new session starts get a fresh state; the state carries over
         # between steps without its gradient (GRU4Rec: truncated BPTT of one step, as the official code)
-        h, self.hidden = self.model.advance(inputs, self.model.reset_state(self.hidden, reset))
+        state = self.model.reset_state(self.hidden, reset)
+        scores = None
+        if hasattr(self.model, "train_scores"):   # one fused read of the item table (GRU4Rec)
+            h, self.hidden, scores = self.model.train_scores(inputs, state, torch.cat([targets, negatives]))
+        else:
+            h, self.hidden = self.model.advance(inputs, state)
         loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop,
                             offsets=self.logq_offsets(targets, negatives), mask_duplicates=self.mask_duplicates,
-                            sum_over=self.sum_over)
+                            sum_over=self.sum_over, scores=scores)
         loss = self.add_extra_losses(loss, batch, h)
-        self.log(f"{self.stage}/epoch_train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(inputs))
-        return loss
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        part = loss.detach() * len(inputs)
+        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
+        self._loss_n += len(inputs)
+        return loss.detach()
+
+    def _log_epoch_loss(self) -> None:
+        if self._loss_n:
+            self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
+        self._loss_sum, self._loss_n = None, 0
+
+    def on_validation_epoch_start(self) -> None:
+        # validation runs inside the training epoch, before on_train_epoch_end: logging here shows the epoch's loss to
+        # the callbacks that read it at validation end (progress line, divergence guard), as the ranking task does
+        if not self.trainer.sanity_checking:
+            self._log_epoch_loss()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_loss()   # epochs without a validation pass
 
     def validation_step(self, batch: Sessions, batch_idx: int) -> None:
         self._ranks.append(next_item_ranks(self.model, batch))
