@@ -38,6 +38,8 @@ class TrainableTask(L.LightningModule):
         self.sparse = resolve_sparse(sparse, optimizer, weight_decay, model)   # row-wise embedding updates
         self._sparse_modules: list[nn.Embedding] = []
         self._rowwise: Any = None   # a RowwiseAdam while training with it: flushed before validation and at the end
+        self._loss_sum: torch.Tensor | None = None   # summed on the tensor, logged once per epoch (no per-step log)
+        self._loss_n = 0
 
     def add_extra_losses(self, loss: torch.Tensor, batch: Any, out: torch.Tensor) -> torch.Tensor:
         for term in self.extra_losses:
@@ -58,11 +60,33 @@ class TrainableTask(L.LightningModule):
         if self._rowwise is not None:
             self._rowwise.flush()
 
+    def manual_step(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        """One optimizer step written out (tasks with ``automatic_optimization = False``: Lightning's automatic loop
+        cost ~1 ms per step): zero_grad / backward / step, and the epoch's loss summed over ``n`` rows on the tensor."""
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        part = loss.detach() * n
+        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
+        self._loss_n += n
+        return loss.detach()
+
+    def _log_epoch_loss(self) -> None:
+        if self._loss_n:
+            self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
+        self._loss_sum, self._loss_n = None, 0
+
     def on_validation_epoch_start(self) -> None:
-        self.flush_rows()
+        self.flush_rows()   # row-wise optimizer: rows brought up to date before validation reads them
+        # Validation runs at the end of each training epoch, before any on_train_epoch_end hook: logging here makes the
+        # epoch's loss visible to callbacks (the per-epoch progress line, the divergence guard) for that same epoch.
+        if not self.trainer.sanity_checking:
+            self._log_epoch_loss()
 
     def on_train_epoch_end(self) -> None:
         self.flush_rows()
+        self._log_epoch_loss()   # epochs without a validation pass
 
     def on_fit_end(self) -> None:
         """Give the model back with dense embedding gradients (later stages, export and callers expect them)."""

@@ -29,8 +29,6 @@ class RankingTask(TrainableTask):
         self.topk = topk
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._val_ranks: list[torch.Tensor] = []
-        self._loss_sum: torch.Tensor | None = None   # summed on the tensor, logged once per epoch (no per-step log)
-        self._loss_n = 0
         # Manual optimization: the step is zero_grad / backward / step written out below. Lightning's automatic loop
         # (closure, result collection) cost ~1-1.5 ms per step, ~45 % on top of a fused-Adam NeuMF step at batch 256;
         # written out it is ~7 % (experiments/sparse_step_ratio.py --paths fused lightning, interleaved, 1 thread).
@@ -43,33 +41,9 @@ class RankingTask(TrainableTask):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         users, items, labels = batch[:3]
-        opt = self.optimizers()
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)
-        loss = self.add_extra_losses(loss, batch, logits)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        part = loss.detach() * len(users)
-        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
-        self._loss_n += len(users)
-        return loss.detach()
-
-    def _log_epoch_loss(self) -> None:
-        if self._loss_n:
-            self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
-        self._loss_sum, self._loss_n = None, 0
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()   # row-wise optimizer: rows brought up to date before validation reads them
-        # Validation runs at the end of each training epoch, before any on_train_epoch_end hook: logging here makes the
-        # epoch's loss visible to callbacks (the per-epoch progress line, the divergence guard) for that same epoch.
-        if not self.trainer.sanity_checking:
-            self._log_epoch_loss()
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        self._log_epoch_loss()   # epochs without a validation pass
+        return self.manual_step(self.add_extra_losses(loss, batch, logits), len(users))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         users, candidates = batch

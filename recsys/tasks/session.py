@@ -118,8 +118,6 @@ class SessionTask(TrainableTask):
         self.hidden: Any = None          # the model's per-session state (SessionModel contract, models/base.py)
         self._rows = 0                   # sessions that state holds
         self._ranks: list[torch.Tensor] = []
-        self._loss_sum: torch.Tensor | None = None   # summed on the tensor, logged once per epoch (no per-step log)
-        self._loss_n = 0
         # Manual optimization: zero_grad / backward / step written out in training_step. A GRU4Rec step is a few ms of
         # small ops, and Lightning's automatic loop (closure, per-step result collection) added ~1 ms to each (as in
         # the ranking task). Callbacks see the same hooks; trainer.gradient_clip_val / accumulate_grad_batches do not
@@ -150,7 +148,6 @@ class SessionTask(TrainableTask):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         inputs, targets, reset, negatives = batch[:4]
-        opt = self.optimizers()
         if len(batch) > 4 and len(batch[4]) and self.hidden is not None:   # a shrinking batch (epoch_end: drain)
             self.hidden, self._rows = self.model.select_state(self.hidden, batch[4]), len(batch[4])
         if self.hidden is None or self._rows != len(inputs):
@@ -166,28 +163,7 @@ class SessionTask(TrainableTask):
         loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop,
                             offsets=self.logq_offsets(targets, negatives), mask_duplicates=self.mask_duplicates,
                             sum_over=self.sum_over, scores=scores)
-        loss = self.add_extra_losses(loss, batch, h)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
-        part = loss.detach() * len(inputs)
-        self._loss_sum = part if self._loss_sum is None else self._loss_sum + part
-        self._loss_n += len(inputs)
-        return loss.detach()
-
-    def _log_epoch_loss(self) -> None:
-        if self._loss_n:
-            self.log(f"{self.stage}/epoch_train_loss", self._loss_sum / self._loss_n, prog_bar=True)
-        self._loss_sum, self._loss_n = None, 0
-
-    def on_validation_epoch_start(self) -> None:
-        # validation runs inside the training epoch, before on_train_epoch_end: logging here shows the epoch's loss to
-        # the callbacks that read it at validation end (progress line, divergence guard), as the ranking task does
-        if not self.trainer.sanity_checking:
-            self._log_epoch_loss()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_loss()   # epochs without a validation pass
+        return self.manual_step(self.add_extra_losses(loss, batch, h), len(inputs))
 
     def validation_step(self, batch: Sessions, batch_idx: int) -> None:
         self._ranks.append(next_item_ranks(self.model, batch))
