@@ -28,6 +28,8 @@ import numba
 import numpy as np
 import torch
 
+from recsys.tasks.optim import fused_adam
+
 
 class _StepSeries:
     """``A(t) = sum_{j>=1} r^j c(t+j)`` for t = 0, 1, ... as a float64 array, grown on demand (see module docstring)."""
@@ -156,7 +158,7 @@ class RowwiseAdam(torch.optim.Optimizer):
         tables, dense = list(tables), list(dense)
         super().__init__(tables + dense, {"lr": lr, "betas": betas, "eps": eps})
         self.tables, self.catch_up, self.t = tables, bool(catch_up), 0
-        self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=True) if dense else None
+        self.dense = fused_adam(dense, lr=lr, betas=betas, eps=eps) if dense else None
         self.param_groups = [{"params": tables, "lr": lr, "betas": betas, "eps": eps}] + \
             (self.dense.param_groups if self.dense else [])
         for p in tables:   # allocated up front: moments (n, d) each, step each row was last brought up to date
