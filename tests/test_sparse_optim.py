@@ -1,6 +1,8 @@
 """Row-wise embedding updates (train.sparse): which rows move, the config choices, and a real fit through the task."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,37 @@ def test_adam_is_torch_fused_adam_with_the_same_steps_as_the_loop():
     opt_b = RankingTask(b, lr=0.01, optimizer="adam_loop").configure_optimizers()
     assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
     _assert_same_steps(a, opt_a, b, opt_b, steps=5, atol=1e-6)
+
+
+def test_lean_fused_adam_takes_torch_fused_adams_exact_steps():
+    """LeanFusedAdam (train.optimizer=adam) calls torch's fused kernel directly after the first step: bit-identical
+    to torch.optim.Adam(fused=True) through weight decay, an lr change, a step where a parameter has no gradient,
+    and a state_dict reload."""
+    from recsys.tasks.optim import LeanFusedAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    b = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    b.load_state_dict(a.state_dict())
+    opt_a = LeanFusedAdam(a.parameters(), lr=0.01, weight_decay=1e-3, fused=True)
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.01, weight_decay=1e-3, fused=True)
+    g = torch.Generator().manual_seed(3)
+    for k in range(12):
+        x = torch.randn(8, 6, generator=g)
+        if k == 5:
+            for o in (opt_a, opt_b):
+                o.param_groups[0]["lr"] = 0.003
+        if k == 8:   # reload (new state tensors): the fast path must drop its cached lists
+            opt_a.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            if k == 6:   # the last layer's bias gets no gradient on this step
+                m[2].bias.grad = None
+            o.step()
+    assert opt_a._lean is not None   # the fast path was taken
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(a.parameters(), b.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_a.state[p][key], opt_b.state[q][key]), key

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from recsys.data.sampling import sorted_unique
 from recsys.data.sources import find_file, resolve_files, sha256_files
 from recsys.data.validate import Table, check_bad_lines, normalize_sep, read_table, to_binary_labels
 from recsys.errors import ConfigError, DataError
@@ -294,7 +295,7 @@ def read_libfm(cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any, seed: int)
     cats, dims, bags, bag_dims, dense = [], [], [], [], []
     for f, g in tok.groupby("field", sort=True):
         rows = g["row"].to_numpy()
-        several = len(np.unique(rows)) < len(rows)
+        several = len(sorted_unique(rows)) < len(rows)
         non_unit = (g["value"].to_numpy() != 1.0).any()
         if non_unit and g["index"].nunique() == 1:             # one index, real values: a numeric field
             x = np.full(n, np.nan)

@@ -42,6 +42,7 @@ from torch.utils.data import IterableDataset
 
 from recsys.data.config import parse_data_cfg
 from recsys.data.readers import read_csv_interactions, read_movielens
+from recsys.data.sampling import sorted_unique
 from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.sources import resolve_files, sha256_files
 from recsys.data.validate import check_bad_lines, normalize_sep, read_table
@@ -210,7 +211,7 @@ def load_session_log(cfg: Mapping[str, Any], data_dir: Any, cache_dir: Any) -> S
         is_val = train["session"].isin(held).to_numpy()
         train, val = train[~is_val], train[is_val]
         rule += f"; validation = the last {cfg['val_fraction']:g} of training sessions by start time"
-    item_ids = np.unique(train["item"].to_numpy())
+    item_ids = sorted_unique(train["item"].to_numpy())
     tr, _ = _encode(train, item_ids)
     va, _ = _encode(val, item_ids)
     te, dropped = _encode(test, item_ids)
@@ -238,7 +239,7 @@ def load_user_sequences(data_cfg: Mapping[str, Any], data_dir: Any, cache_dir: A
     skipped = int(df.attrs.get("skipped_lines", 0))
     if cfg.min_rating is not None:
         df = df[df["rating"] >= cfg.min_rating]
-    item_ids = np.unique(df["item"].to_numpy())
+    item_ids = sorted_unique(df["item"].to_numpy())
     users, items = df["user"].to_numpy(), np.searchsorted(item_ids, df["item"].to_numpy())
     t = df["timestamp"].to_numpy().astype(np.float64)
     full = _sessions_from_frame(users, items, t, min_len=3, target_rule="last", tiebreak=items)

@@ -13,11 +13,89 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numba
+import numpy as np
 import torch
+
+# The update is written as two numba kernels (one pass over the dense elements / the batch's rows, in place) because
+# torch needs 4-6 passes for it (addcmul_, add, sqrt_, addcdiv_ / index_select, index_copy_, div, index_add_), each a
+# full read and write of a 1.4M-float tensor at 480 units. Per step at 2 threads (480 units, 1,240 item rows of 480,
+# one process, experiments on this machine): dense 1.20 -> 0.88 ms (momentum 0) and 2.32 -> 1.07 ms (momentum 0.2);
+# item rows 1.36 -> 0.53 ms and 2.81 -> 0.60 ms. py-spy had the optimizer at ~40 % of a 480-unit GRU4Rec step.
+# Flags as recsys.tasks.rowwise_adam: no per-division zero check, a fast-math subset without nnan / ninf.
+_FASTMATH = {"arcp", "contract", "afn", "nsz"}
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _dense_kernel(p, g, acc, mom, lr, momentum, eps):   # pragma: no cover (compiled)
+    """Flat (1-D) views: acc += g^2; step = -lr g / sqrt(acc + eps); mom = momentum mom + step (when mom has
+    elements); p += mom or step."""
+    cf = np.empty(3, dtype=p.dtype)   # scalars in the parameter's dtype: float32 stays in float32 lanes
+    cf[0], cf[1], cf[2] = -lr, momentum, eps
+    nlr, mo, e = cf[0], cf[1], cf[2]
+    if mom.size:
+        for j in range(p.size):
+            gj = g[j]
+            a = acc[j] + gj * gj
+            acc[j] = a
+            u = mo * mom[j] + nlr * gj / np.sqrt(a + e)
+            mom[j] = u
+            p[j] += u
+    else:
+        for j in range(p.size):
+            gj = g[j]
+            a = acc[j] + gj * gj
+            acc[j] = a
+            p[j] += nlr * gj / np.sqrt(a + e)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _rows_kernel(idx, v, p, acc, mom, lr, momentum, eps):   # pragma: no cover (compiled)
+    """The dense kernel's update on rows ``idx`` (distinct) of 2-D tables with row gradients ``v``."""
+    cf = np.empty(3, dtype=p.dtype)
+    cf[0], cf[1], cf[2] = -lr, momentum, eps
+    nlr, mo, e = cf[0], cf[1], cf[2]
+    d = p.shape[1]
+    for r in range(idx.size):
+        i = idx[r]
+        if mom.size:
+            for c in range(d):
+                gj = v[r, c]
+                a = acc[i, c] + gj * gj
+                acc[i, c] = a
+                u = mo * mom[i, c] + nlr * gj / np.sqrt(a + e)
+                mom[i, c] = u
+                p[i, c] += u
+        else:
+            for c in range(d):
+                gj = v[r, c]
+                a = acc[i, c] + gj * gj
+                acc[i, c] = a
+                p[i, c] += nlr * gj / np.sqrt(a + e)
+
+
+def _warm_up(dtype: torch.dtype) -> None:
+    """Compile (or load from numba's cache) both kernels for this dtype now, not inside the first training step."""
+    f = np.dtype(str(dtype).replace("torch.", ""))
+    one, two = np.zeros(1, f), np.zeros((1, 1), f)
+    for mom in (np.zeros(0, f), np.zeros(1, f)):
+        _dense_kernel(one, one, one.copy(), mom, 0.0, 0.0, 1.0)
+    for mom in (np.zeros((0, 0), f), np.zeros((1, 1), f)):
+        _rows_kernel(np.zeros(1, np.int64), two, two.copy(), two.copy(), mom, 0.0, 0.0, 1.0)
+
+
+def _kernel_ok(*ts: torch.Tensor) -> bool:
+    """CPU, float32 / float64, contiguous, one dtype: what the kernels take (numpy views, no copies)."""
+    return all(t.device.type == "cpu" and t.dtype == ts[0].dtype and t.is_contiguous() and not t.requires_grad
+               for t in ts) and ts[0].dtype in (torch.float32, torch.float64)
 
 
 class AdagradM(torch.optim.Optimizer):
-    """Adagrad (eps inside the sqrt) + heavy-ball momentum on the scaled step; sparse gradients update rows lazily."""
+    """Adagrad (eps inside the sqrt) + heavy-ball momentum on the scaled step; sparse gradients update rows lazily.
+
+    ``kernels=False`` takes torch's element-wise ops instead of the numba kernels (same math; kept to test against)."""
+
+    kernels = True
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 0.05, momentum: float = 0.0,
                  eps: float = 1e-6, weight_decay: float = 0.0) -> None:
@@ -31,6 +109,8 @@ class AdagradM(torch.optim.Optimizer):
             raise ValueError(f"train.weight_decay={weight_decay!r}: train.optimizer=adagradm has no weight decay "
                              "(as the official GRU4Rec optimiser); set train.weight_decay=0")
         super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps})
+        for dtype in {p.dtype for g in self.param_groups for p in g["params"]} & {torch.float32, torch.float64}:
+            _warm_up(dtype)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201  (torch's Optimizer.step signature)
@@ -54,6 +134,11 @@ class AdagradM(torch.optim.Optimizer):
                     if len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all()):   # not rows in ascending order, once
                         g = g.coalesce()   # each (autograd drops the coalesced flag of GRU4Rec's row gradients)
                         idx, v = g.indices()[0], g.values()
+                    if self.kernels and p.dim() == 2 and _kernel_ok(p.data, state["acc"]):
+                        m = state["mom"] if mom > 0 else torch.empty(0, 0, dtype=p.dtype)
+                        _rows_kernel(idx.numpy(), v.detach().contiguous().numpy(), p.data.numpy(),
+                                     state["acc"].numpy(), m.numpy(), lr, mom, eps)
+                        continue
                     acc = state["acc"].index_select(0, idx).addcmul_(v, v)
                     state["acc"].index_copy_(0, idx, acc)
                     upd = v.div(acc.add_(eps).sqrt_()).mul_(-lr)
@@ -61,6 +146,10 @@ class AdagradM(torch.optim.Optimizer):
                         upd = state["mom"].index_select(0, idx).mul_(mom).add_(upd)
                         state["mom"].index_copy_(0, idx, upd)
                     p.index_add_(0, idx, upd)
+                elif self.kernels and _kernel_ok(p.data, g, state["acc"]):
+                    m = state["mom"] if mom > 0 else torch.empty(0, dtype=p.dtype)
+                    _dense_kernel(p.data.view(-1).numpy(), g.view(-1).numpy(), state["acc"].view(-1).numpy(),
+                                  m.view(-1).numpy(), lr, mom, eps)
                 else:   # the root goes into a kept buffer: no new parameter-sized tensor per step (1.4M floats at 480 units)
                     if "root" not in state:
                         state["root"] = torch.empty_like(p)

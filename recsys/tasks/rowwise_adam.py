@@ -28,17 +28,19 @@ import numba
 import numpy as np
 import torch
 
+from recsys.tasks.optim import fused_adam
+
 
 class _StepSeries:
-    """``A(t) = sum_{j>=1} r^j c(t+j)`` for t = 0, 1, ... as a float64 tensor, grown on demand (see module docstring)."""
+    """``A(t) = sum_{j>=1} r^j c(t+j)`` for t = 0, 1, ... as a float64 array, grown on demand (see module docstring)."""
 
     TAIL = 600   # r^600 < 1e-27: terms past this horizon do not reach float64 precision of A
 
     def __init__(self, b1: float, b2: float) -> None:
         self.b1, self.b2, self.r = b1, b2, b1 / math.sqrt(b2)
-        self.values = torch.zeros(0, dtype=torch.float64)
+        self.values = np.zeros(0, dtype=np.float64)
 
-    def upto(self, t: int) -> torch.Tensor:
+    def upto(self, t: int) -> np.ndarray:
         """The series with at least ``t + 1`` entries."""
         n = len(self.values)
         if t < n:
@@ -49,37 +51,51 @@ class _StepSeries:
         a = np.zeros(size + self.TAIL + 1)
         for i in range(size + self.TAIL - 1, -1, -1):           # A(i) = r (c(i+1) + A(i+1)); A beyond the tail ~ 0
             a[i] = self.r * (c[i] + a[i + 1])
-        self.values = torch.from_numpy(a[:size].copy())
+        self.values = a[:size].copy()
         return self.values
 
 
-@numba.njit(cache=True, nogil=True, fastmath=False)
+# Kernel flags: error_model="numpy" drops numba's per-division zero check, which kept LLVM from vectorising the
+# per-element loops; the fast-math subset (no nnan / ninf: a NaN gradient still propagates as NaN) lets it use
+# reciprocal / fused multiply-add forms. Scalars are cast to the table's dtype (``cf``) so float32 tables are
+# updated in float32 SIMD lanes. Measured per call, ML-1M user table (6,040 x 64), batch 2048, one process:
+# catch-up 554 -> 92-131 us, the Adam step (was gather + torch fused Adam + scatter) 484 -> 138-194 us.
+_FASTMATH = {"arcp", "contract", "afn", "nsz"}
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
 def _catch_up_rows(idx, p, m, v, last, upto, lr, b1, b2, r, a):   # pragma: no cover (compiled)
     """Rows in ``idx`` last brought up to date at step ``last[i] < upto``: dense Adam's moves and moment decay of
     the steps last[i]+1..upto, in place; each row once (``last`` is set to ``upto``)."""
     d = p.shape[1]
+    a_upto = a[upto]
+    cf = np.empty(4, dtype=p.dtype)
+    cf[3] = 1e-30   # v = 0 only where m = 0 (a row never seen): + 1e-30 keeps that 0 / 0 out
+    tiny = cf[3]
     for j in range(idx.size):
         i = idx[j]
         s = last[i]
         if s >= upto:
             continue
         k = upto - s
-        move = lr * (a[s] - r ** k * a[upto])
-        d1, d2 = b1 ** k, b2 ** k
-        for c in range(d):   # v = 0 only where m = 0 (a row never seen): + 1e-30 keeps that 0 / 0 out
-            p[i, c] -= move * m[i, c] / math.sqrt(v[i, c] + 1e-30)
+        cf[0] = lr * (a[s] - r ** k * a_upto)
+        cf[1] = b1 ** k
+        cf[2] = b2 ** k
+        move, d1, d2 = cf[0], cf[1], cf[2]
         for c in range(d):
-            m[i, c] *= d1
-        for c in range(d):
-            v[i, c] *= d2
+            mc = m[i, c]
+            vc = v[i, c]
+            p[i, c] -= move * mc / np.sqrt(vc + tiny)
+            m[i, c] = mc * d1
+            v[i, c] = vc * d2
         last[i] = upto
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_rows(idx, vals, pos, rows, p, m, v, gbuf, wbuf, mbuf, vbuf):   # pragma: no cover (compiled)
-    """Unique rows of an uncoalesced sparse gradient (``idx[j]`` gets ``vals[j]``) in first-seen order: their summed
-    gradients into ``gbuf`` and copies of their weights / moments into ``wbuf`` / ``mbuf`` / ``vbuf``; returns how
-    many. ``pos`` is scratch, all -1 on entry and exit."""
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, t, lr, b1, b2, eps):   # pragma: no cover (compiled)
+    """Adam step ``t`` (torch's formula: bias-corrected, eps outside the sqrt) on the rows of an uncoalesced sparse
+    gradient (``idx[j]`` gets ``vals[j]``), in place; duplicate ids are summed first (into ``gbuf``, in first-seen
+    order ``rows``). ``pos`` is scratch, all -1 on entry and exit. Returns how many distinct rows."""
     d, nr = p.shape[1], 0   # explicit element loops: numba's row-slice assignment ran ~5x slower
     for j in range(idx.size):
         i = idx[j]
@@ -91,33 +107,26 @@ def _gather_rows(idx, vals, pos, rows, p, m, v, gbuf, wbuf, mbuf, vbuf):   # pra
             nr += 1
             for c in range(d):
                 gbuf[s, c] = vals[j, c]
-            for c in range(d):
-                wbuf[s, c] = p[i, c]
-            for c in range(d):
-                mbuf[s, c] = m[i, c]
-            for c in range(d):
-                vbuf[s, c] = v[i, c]
         else:
             for c in range(d):
                 gbuf[s, c] += vals[j, c]
-    for s in range(nr):
-        pos[rows[s]] = -1
-    return nr
-
-
-@numba.njit(cache=True, nogil=True)
-def _scatter_rows(rows, nr, p, m, v, last, wbuf, mbuf, vbuf, t):   # pragma: no cover (compiled)
-    """Write the updated rows back; their ``last`` = t."""
-    d = p.shape[1]
+    cf = np.empty(7, dtype=p.dtype)
+    cf[0] = lr / (1.0 - b1 ** t)
+    cf[1] = math.sqrt(1.0 - b2 ** t)
+    cf[2], cf[3], cf[4], cf[5], cf[6] = b1, b2, 1.0 - b1, 1.0 - b2, eps
+    step, bc2, fb1, fb2, o1, o2, e = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6]
     for s in range(nr):
         i = rows[s]
+        pos[i] = -1
         for c in range(d):
-            p[i, c] = wbuf[s, c]
-        for c in range(d):
-            m[i, c] = mbuf[s, c]
-        for c in range(d):
-            v[i, c] = vbuf[s, c]
+            g = gbuf[s, c]
+            mc = fb1 * m[i, c] + o1 * g
+            vc = fb2 * v[i, c] + o2 * g * g
+            m[i, c] = mc
+            v[i, c] = vc
+            p[i, c] -= step * mc / (np.sqrt(vc) / bc2 + e)
         last[i] = t
+    return nr
 
 
 def _warm_up(dtype: torch.dtype) -> None:
@@ -126,11 +135,9 @@ def _warm_up(dtype: torch.dtype) -> None:
     f = np.dtype(str(dtype).replace("torch.", ""))
     p, m, v = np.zeros((2, 1), f), np.zeros((2, 1), f), np.zeros((2, 1), f)
     last, pos, rows, a = np.zeros(2, np.int64), np.full(2, -1, np.int64), np.zeros(2, np.int64), np.zeros(4)
-    bufs = [np.zeros((2, 1), f) for _ in range(4)]
     for ids in (np.zeros(1, np.int64), np.zeros(1, np.int32)):
         _catch_up_rows(ids, p, m, v, last, 1, 0.0, 0.9, 0.999, 0.9, a)
-    nr = _gather_rows(np.zeros(1, np.int64), np.zeros((1, 1), f), pos, rows, p, m, v, *bufs)
-    _scatter_rows(rows, nr, p, m, v, last, bufs[1], bufs[2], bufs[3], 1)
+        _adam_rows(ids, np.zeros((1, 1), f), pos, rows, np.zeros((2, 1), f), p, m, v, last, 1, 0.0, 0.9, 0.999, 1e-8)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -151,7 +158,7 @@ class RowwiseAdam(torch.optim.Optimizer):
         tables, dense = list(tables), list(dense)
         super().__init__(tables + dense, {"lr": lr, "betas": betas, "eps": eps})
         self.tables, self.catch_up, self.t = tables, bool(catch_up), 0
-        self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, fused=True) if dense else None
+        self.dense = fused_adam(dense, lr=lr, betas=betas, eps=eps) if dense else None
         self.param_groups = [{"params": tables, "lr": lr, "betas": betas, "eps": eps}] + \
             (self.dense.param_groups if self.dense else [])
         for p in tables:   # allocated up front: moments (n, d) each, step each row was last brought up to date
@@ -162,7 +169,6 @@ class RowwiseAdam(torch.optim.Optimizer):
         self._pos = {id(p): np.full(p.shape[0], -1, dtype=np.int64) for p in tables}   # kernel scratch
         self._np_views: dict[int, tuple] = {}
         self._scratch: dict[int, tuple] = {}
-        self._step_t = torch.zeros((), dtype=torch.float32)
         for dtype in {p.dtype for p in tables}:
             _warm_up(dtype)
         self._series = _StepSeries(*betas)
@@ -201,20 +207,19 @@ class RowwiseAdam(torch.optim.Optimizer):
             self._np_views[key] = got
         return got[1:]
 
-    def _buffers(self, p: torch.Tensor, n: int) -> tuple[np.ndarray, list[np.ndarray], list[torch.Tensor]]:
-        """Scratch of at least ``n`` rows for one table: row ids, and gradient / weight / moment rows (numpy and
-        torch views of the same memory), grown when a batch is larger."""
+    def _buffers(self, p: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scratch of at least ``n`` rows for one table (distinct row ids, their summed gradients), grown when a batch
+        is larger."""
         got = self._scratch.get(id(p))
         if got is None or len(got[0]) < n:
-            arrs = [np.empty((n, p.shape[1]), dtype=_np(p).dtype) for _ in range(4)]
-            got = (np.empty(n, dtype=np.int64), arrs, [torch.from_numpy(a) for a in arrs])
+            got = (np.empty(n, dtype=np.int64), np.empty((n, p.shape[1]), dtype=_np(p).dtype))
             self._scratch[id(p)] = got
         return got
 
     def _catch_up(self, idx: torch.Tensor, p: torch.Tensor, upto: int) -> None:
         g = self.param_groups[0]
         _catch_up_rows(_np(idx), *self._views(p), upto, g["lr"], g["betas"][0], g["betas"][1], self._series.r,
-                       self._series.upto(upto).numpy())
+                       self._series.upto(upto))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -227,7 +232,6 @@ class RowwiseAdam(torch.optim.Optimizer):
         self.t += 1
         t, g = self.t, self.param_groups[0]
         lr, (b1, b2), eps = g["lr"], g["betas"], g["eps"]
-        todo = []
         for p in self.tables:
             if p.grad is None:
                 continue
@@ -236,20 +240,10 @@ class RowwiseAdam(torch.optim.Optimizer):
             idx, vals = p.grad._indices()[0], p.grad._values()
             if self.catch_up and not self._hooks:   # rows not yet caught up by a pre-forward hook
                 self._catch_up(idx, p, t - 1)
-            n = len(idx)
-            if n == 0:
-                continue
-            rows, arrs, tens = self._buffers(p, n)
-            pn, mn, vn, _ = self._views(p)
-            nr = _gather_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, pn, mn, vn, *arrs)
-            todo.append((p, rows, nr, arrs, [x[:nr] for x in tens]))
-        if todo:   # one fused Adam kernel (torch's, vectorised) over the gathered rows of every table
-            g_, w_, m_, v_ = ([b[k] for *_, b in todo] for k in range(4))
-            self._step_t.fill_(float(t))
-            torch._fused_adam_(w_, g_, m_, v_, [], [self._step_t] * len(w_), lr=lr, beta1=b1, beta2=b2,
-                               weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
-            for p, rows, nr, arrs, _ in todo:
-                _scatter_rows(rows, nr, *self._views(p), arrs[1], arrs[2], arrs[3], t)
+            if len(idx):   # one kernel per table: sum duplicate rows, Adam in place on the rows
+                rows, gbuf = self._buffers(p, len(idx))
+                _adam_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, gbuf, *self._views(p), t, lr,
+                           b1, b2, eps)
         return loss
 
     @torch.no_grad()
