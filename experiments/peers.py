@@ -46,7 +46,8 @@ WORKERS = ROOT / "experiments" / "peers_workers.py"
 # the official training semantics the param files do not name (the switches the gru4rec_xe_* presets turn on)
 GRU4REC_OFFICIAL = ["train.optimizer=adagradm", "model.carry_dropout=true", "model.init=official",
                     "model.sparse_items=true", "model.logq_form=official", "model.mask_duplicates=false",
-                    "model.loss_norm=batch_size", "model.session_order=time", "model.epoch_end=drain"]
+                    "model.loss_norm=batch_size", "model.session_order=time", "model.epoch_end=drain",
+                    "model.xe_eps=1e-24"]
 GRU4REC_KEYS = {"loss": "model.loss", "constrained_embedding": "model.constrained_embedding",
                 "embedding": "model.embedding", "elu_param": "model.elu_param", "layers": "model.hidden_size",
                 "n_epochs": "train.epochs", "batch_size": "model.batch_size", "dropout_p_embed": "model.dropout_p_embed",

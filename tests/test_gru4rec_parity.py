@@ -114,6 +114,27 @@ def test_official_logq_offsets_and_unmasked_summed_loss():
     assert masked.item() < got.item()     # row 0's target (item 1) also sits among the negatives: masked out
 
 
+def test_official_xe_eps_floors_each_rows_probability_so_hopeless_rows_give_no_gradient():
+    """model.xe_eps=1e-24 is the official loss -sum log(p_target + 1e-24) / batch_size: equal to a hand-built float64
+    softmax, and a row whose target sits 80 logits below the rest (p ~ 1e-35) gets ~no gradient, where the exact
+    -log p (xe_eps=0) gives it the largest one (found by stepping both implementations side by side: they parted at
+    the first such row)."""
+    m = GRU4Rec(4, hidden_size=2)
+    targets, negatives = torch.tensor([0, 1]), torch.tensor([2, 3])
+    base = torch.tensor([[-80.0, 0.0, 0.5, 0.0], [0.3, 1.0, -0.2, 0.1]], dtype=torch.float64)
+    grads = {}
+    for eps in (1e-24, 0.0):
+        s = base.clone().requires_grad_(True)
+        loss = sampled_loss(m, None, targets, negatives, mask_duplicates=False, sum_over=32, scores=s, xe_eps=eps)
+        if eps:
+            ref = -torch.log(torch.softmax(base, 1).diagonal() + eps).sum() / 32
+            torch.testing.assert_close(loss, ref)
+        loss.backward()
+        grads[eps] = s.grad
+    assert grads[1e-24][0].abs().max() < 1e-9 and grads[0.0][0, 0] < -0.9 / 32
+    torch.testing.assert_close(grads[1e-24][1], grads[0.0][1])    # a normal row: the same gradient
+
+
 def _toy_sessions() -> Sessions:
     lengths = np.array([5, 2, 3, 2, 4, 2, 6])
     offsets = np.r_[0, np.cumsum(lengths)]
@@ -188,6 +209,7 @@ def test_presets_compose_and_train_one_epoch_on_yoochoose(preset, floor, shared_
         cfg = compose("config", overrides=[f"experiment={preset}"])
     units = {"gru4rec_xe_100": 100, "gru4rec_xe_480": 480}[preset]
     assert cfg.model.hidden_size == units and cfg.train.epochs == 10 and cfg.data.name.startswith("yoochoose")
+    assert cfg.model.xe_eps == 1e-24                     # the official loss: -log(p_target + 1e-24)
     if floor is None:
         return
     monkeypatch.setenv("RECSYS_DATA_DIR", str(shared_data_dir))
@@ -208,9 +230,11 @@ def test_family_check_names_bad_switch_values_before_training():
                       "_target_": "recsys.models.gru4rec.GRU4Rec"},
             "train": {"optimizer": "adam"}}
     assert FAMILY.check(base) == []
-    bad = {**base, "model": {**base["model"], "logq_form": "exact", "momentum": 0.2, "sparse_items": True}}
+    bad = {**base, "model": {**base["model"], "logq_form": "exact", "momentum": 0.2, "sparse_items": True,
+                             "xe_eps": -1e-24}}
     errs = " ".join(FAMILY.check(bad))
     assert "model.logq_form='exact'" in errs and "train.optimizer=adagradm" in errs and "model.sparse_items" in errs
+    assert "model.xe_eps=-1e-24" in errs
 
 
 def test_fused_train_scores_match_the_unfused_step_and_touch_the_official_rows():

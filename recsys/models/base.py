@@ -22,6 +22,7 @@ these methods, so a new session model (e.g. SASRec) needs no edit outside its ow
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -108,7 +109,7 @@ def structured_support(model: Any) -> bool:
 def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, loss: str = "cross-entropy",
                  bpreg: float = 0.0, logq: float = 0.0, log_pop: torch.Tensor | None = None,
                  offsets: torch.Tensor | None = None, mask_duplicates: bool = True,
-                 sum_over: int | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
+                 sum_over: int | None = None, scores: torch.Tensor | None = None, xe_eps: float = 0.0) -> torch.Tensor:
     """GRU4Rec's training loss on one session-parallel step (any SessionModel: it only calls ``item_scores``).
 
     Candidates = the minibatch's own targets (each row's target is the diagonal; the other rows' targets are its
@@ -121,7 +122,9 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
 
     Official-GRU4Rec switches (cross-entropy): ``offsets`` (b + n_sample,) replaces the logQ term with a given additive
     offset per candidate; ``mask_duplicates=False`` keeps copies of the target among the negatives; ``sum_over=n``
-    returns sum / n (a fixed batch size) instead of the mean over the rows present. ``scores``: the candidates' scores
+    returns sum / n (a fixed batch size) instead of the mean over the rows present; ``xe_eps`` > 0 makes each row's loss
+    ``-log(p_target + xe_eps)`` (the official ``+1e-24``): a row whose target probability falls far below ``xe_eps``
+    then gives almost no gradient, where the exact ``-log p`` gives its largest. ``scores``: the candidates' scores
     when the caller already has them (a fused training step, ``GRU4Rec.train_scores``).
     """
     cand = torch.cat([targets, negatives])
@@ -137,9 +140,14 @@ def sampled_loss(model: SessionModel, h: torch.Tensor, targets: torch.Tensor, ne
             neg_mask = cand[None, :] == targets[:, None]
             neg_mask[torch.arange(b), torch.arange(b)] = False
             scores = scores.masked_fill(neg_mask, float("-inf"))
+        rows = torch.arange(b, device=scores.device)
+        if xe_eps > 0:   # -log(exp(log p) + eps), computed stably from log p; gradient sigmoid(log p - log eps)
+            per_row = -torch.logaddexp(-F.cross_entropy(scores, rows, reduction="none"),
+                                       torch.tensor(math.log(xe_eps), dtype=scores.dtype, device=scores.device))
+            return per_row.sum() / sum_over if sum_over is not None else per_row.mean()
         if sum_over is not None:
-            return F.cross_entropy(scores, torch.arange(b, device=h.device), reduction="sum") / sum_over
-        return F.cross_entropy(scores, torch.arange(b, device=h.device))
+            return F.cross_entropy(scores, rows, reduction="sum") / sum_over
+        return F.cross_entropy(scores, rows)
     if loss == "bpr-max":
         pos = scores[torch.arange(b), torch.arange(b)][:, None]
         not_neg = cand[None, :] == targets[:, None]                        # target itself and its duplicates

@@ -30,7 +30,7 @@ from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
 
 # model-config keys that configure training, not the network
 TRAIN_KEYS = ("loss", "batch_size", "n_sample", "sample_alpha", "bpreg", "logq", "objective", "logq_form",
-              "mask_duplicates", "loss_norm", "session_order", "epoch_end", "momentum")
+              "mask_duplicates", "loss_norm", "session_order", "epoch_end", "momentum", "xe_eps")
 # official-GRU4Rec switches (conf/model/gru4rec.yaml): key -> allowed values
 SWITCHES = {"logq_form": ("pop", "official"), "loss_norm": ("mean", "batch_size"), "session_order": ("id", "time"),
             "epoch_end": ("stop", "drain"), "mask_duplicates": (True, False)}
@@ -106,12 +106,12 @@ class SessionTask(TrainableTask):
                  stage: str = "dense", loss: str = "cross-entropy", bpreg: float = 0.0, logq: float = 0.0,
                  item_counts: np.ndarray | None = None, ks: tuple[int, ...] = (20, 10), logq_form: str = "pop",
                  sample_alpha: float = 0.75, mask_duplicates: bool = True, loss_norm: str = "mean",
-                 batch_size: int | None = None, momentum: float = 0.0) -> None:
+                 batch_size: int | None = None, momentum: float = 0.0, xe_eps: float = 0.0) -> None:
         super().__init__(model, lr, optimizer, weight_decay, stage)
         self.loss_name, self.bpreg, self.logq, self.ks = loss, bpreg, logq, ks
         self.logq_form, self.sample_alpha, self.mask_duplicates = logq_form, float(sample_alpha), bool(mask_duplicates)
         self.sum_over = int(batch_size) if loss_norm == "batch_size" and batch_size else None
-        self.momentum = float(momentum)
+        self.momentum, self.xe_eps = float(momentum), float(xe_eps)
         counts = torch.as_tensor(item_counts if item_counts is not None else np.ones(1), dtype=torch.float32)
         self.register_buffer("log_pop", torch.log(counts.clamp(min=1) / counts.sum()), persistent=False)
         self.register_buffer("log_count", torch.log(counts.clamp(min=1)), persistent=False)
@@ -162,7 +162,7 @@ class SessionTask(TrainableTask):
             h, self.hidden = self.model.advance(inputs, state)
         loss = sampled_loss(self.model, h, targets, negatives, self.loss_name, self.bpreg, self.logq, self.log_pop,
                             offsets=self.logq_offsets(targets, negatives), mask_duplicates=self.mask_duplicates,
-                            sum_over=self.sum_over, scores=scores)
+                            sum_over=self.sum_over, scores=scores, xe_eps=self.xe_eps)
         return self.manual_step(self.add_extra_losses(loss, batch, h), len(inputs))
 
     def validation_step(self, batch: Sessions, batch_idx: int) -> None:
@@ -213,6 +213,9 @@ class SessionFamily(TaskFamily):
         elif mom > 0 and (cfg.get("train", {}) or {}).get("optimizer") != "adagradm":
             errs.append(f"model.momentum={mom}: only train.optimizer=adagradm has momentum; set train.optimizer=adagradm "
                         "or model.momentum=0")
+        eps = model.get("xe_eps", 0.0)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+            errs.append(f"model.xe_eps={eps!r}: must be a number in [0, 1) (0: exact -log p; official GRU4Rec: 1e-24)")
         opt = (cfg.get("train", {}) or {}).get("optimizer")
         if model.get("sparse_items") and opt not in ("adagrad", "adagradm"):
             errs.append(f"model.sparse_items=true with train.optimizer={opt!r}: sparse row gradients need "
@@ -246,7 +249,7 @@ class SessionFamily(TaskFamily):
                            logq_form=str(m.get("logq_form", "pop")), sample_alpha=float(m.get("sample_alpha", 0.75)),
                            mask_duplicates=bool(m.get("mask_duplicates", True)),
                            loss_norm=str(m.get("loss_norm", "mean")), batch_size=int(m.batch_size),
-                           momentum=float(m.get("momentum", 0.0)))
+                           momentum=float(m.get("momentum", 0.0)), xe_eps=float(m.get("xe_eps", 0.0)))
 
     def make_datamodule(self, data: SessionData, cfg: Any, data_fraction: float = 1.0) -> SessionDataModule:
         m = cfg.model
