@@ -68,7 +68,9 @@ def test_technique_runs_on_model(root, shared_data_dir, model, group, method):
         cfg = compose("config", overrides=[
             f"paths.root_dir={root}", f"paths.data_dir={shared_data_dir}", f"model={model}", *MODELS[model],
             f"{group}={method}", *TECHNIQUE_OVERRIDES.get(group, []),
-            *(STUDENT[model] if group == "distill" else []), "train.epochs=1", "finetune.epochs=1",
+            # the no-KD twin (distill.baseline) is a second student training; tests/test_distill.py covers it
+            *(STUDENT[model] + ["distill.baseline=false"] if group == "distill" else []), "train.epochs=1",
+            "finetune.epochs=1",
             "finetune.data_fraction=0.1", "bench.requests=50", "bench.warmup=5", "bench.full_catalogue_requests=3",
             "bench.throughput_repeats=2", "bench.throughput_batch=512", "trainer.enable_progress_bar=false",
             f"tracking.run_name={model}-{group}-{method}", *([LOG_MODEL[model]] if model in LOG_MODEL else [])])
