@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numba
 import numpy as np
 import torch
+
+from recsys.nn.kernels import kernel
 
 # The update is written as two numba kernels (one pass over the dense elements / the batch's rows, in place) because
 # torch needs 4-6 passes for it (addcmul_, add, sqrt_, addcdiv_ / index_select, index_copy_, div, index_add_), each a
 # full read and write of a 1.4M-float tensor at 480 units. Per step at 2 threads (480 units, 1,240 item rows of 480,
 # one process, experiments on this machine): dense 1.20 -> 0.88 ms (momentum 0) and 2.32 -> 1.07 ms (momentum 0.2);
 # item rows 1.36 -> 0.53 ms and 2.81 -> 0.60 ms. py-spy had the optimizer at ~40 % of a 480-unit GRU4Rec step.
-# Flags as recsys.tasks.rowwise_adam: no per-division zero check, a fast-math subset without nnan / ninf.
-_FASTMATH = {"arcp", "contract", "afn", "nsz"}
+# Compile flags and why: recsys.nn.kernels.
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+@kernel
 def _dense_kernel(p, g, acc, mom, lr, momentum, eps):   # pragma: no cover (compiled)
     """Flat (1-D) views: acc += g^2; step = -lr g / sqrt(acc + eps); mom = momentum mom + step (when mom has
     elements); p += mom or step."""
@@ -49,7 +49,7 @@ def _dense_kernel(p, g, acc, mom, lr, momentum, eps):   # pragma: no cover (comp
             p[j] += nlr * gj / np.sqrt(a + e)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+@kernel
 def _rows_kernel(idx, v, p, acc, mom, lr, momentum, eps):   # pragma: no cover (compiled)
     """The dense kernel's update on rows ``idx`` (distinct) of 2-D tables with row gradients ``v``."""
     cf = np.empty(3, dtype=p.dtype)

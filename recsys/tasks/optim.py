@@ -174,7 +174,6 @@ class LeanFusedAdam(torch.optim.Adam):
         super().load_state_dict(state_dict)
 
 
-
 def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam", mode: str = "sparse"
                       ) -> tuple[torch.optim.Optimizer, list[nn.Embedding]]:
     """Switch the model's plain embedding tables to sparse gradients and return (optimizer, the switched modules).

@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numba
 import numpy as np
 import torch
 
+from recsys.nn.kernels import kernel
 from recsys.tasks.optim import fused_adam
 
 
@@ -55,15 +55,11 @@ class _StepSeries:
         return self.values
 
 
-# Kernel flags: error_model="numpy" drops numba's per-division zero check, which kept LLVM from vectorising the
-# per-element loops; the fast-math subset (no nnan / ninf: a NaN gradient still propagates as NaN) lets it use
-# reciprocal / fused multiply-add forms. Scalars are cast to the table's dtype (``cf``) so float32 tables are
-# updated in float32 SIMD lanes. Measured per call, ML-1M user table (6,040 x 64), batch 2048, one process:
-# catch-up 554 -> 92-131 us, the Adam step (was gather + torch fused Adam + scatter) 484 -> 138-194 us.
-_FASTMATH = {"arcp", "contract", "afn", "nsz"}
+# Compile flags (recsys.nn.kernels) vectorise the loops; measured per call, ML-1M user table (6,040 x 64), batch
+# 2048, one process: catch-up 554 -> 92-131 us, the Adam step (was gather + torch fused Adam + scatter) 484 -> 138-194 us.
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+@kernel
 def _catch_up_rows(idx, p, m, v, last, upto, lr, b1, b2, r, a):   # pragma: no cover (compiled)
     """Rows in ``idx`` last brought up to date at step ``last[i] < upto``: dense Adam's moves and moment decay of
     the steps last[i]+1..upto, in place; each row once (``last`` is set to ``upto``)."""
@@ -91,7 +87,7 @@ def _catch_up_rows(idx, p, m, v, last, upto, lr, b1, b2, r, a):   # pragma: no c
         last[i] = upto
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+@kernel
 def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, t, lr, b1, b2, eps):   # pragma: no cover (compiled)
     """Adam step ``t`` (torch's formula: bias-corrected, eps outside the sqrt) on the rows of an uncoalesced sparse
     gradient (``idx[j]`` gets ``vals[j]``), in place; duplicate ids are summed first (into ``gbuf``, in first-seen
