@@ -20,17 +20,21 @@ Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s with
 Bounded: the training epoch stops after ``--max-train-minutes`` (default 20; samples/s is then from the batches done,
 and the table says so), so the whole ML-20M run takes about read+split + negatives + 20 min + evaluation (~10 min)
 at most. ``--sparse`` (default auto) is ``train.sparse`` (``recsys.tasks.optim.resolve_sparse``: auto is row-wise
-Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first.
+Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first; a sampler
+thread also names the stage and the code running at the highest RSS it saw (every 0.1 s).
 The table and every figure are logged to MLflow (``tracking.uri``: $RECSYS_TRACKING_URI or mlruns/, experiment
 ``--experiment``), one run per invocation.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import lightning as L
@@ -42,12 +46,40 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from recsys.data.steps import StepChunk  # noqa: E402
 from recsys.export.artifact import load_artifact, save_artifact  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.tasks.base import get_family  # noqa: E402
-from recsys.tasks.fit import StageTrainer  # noqa: E402
+from recsys.tasks.fit import AUTO_STEPS_PER_CALL, StageTrainer  # noqa: E402
 
 MODEL = ["model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]"]
+
+
+class PeakWatch(threading.Thread):
+    """Samples the process's RSS every ``every`` s and keeps, for its highest sample, the stage then running and the
+    main thread's innermost frames: where the peak happened, not only after which stage (ru_maxrss)."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.every, self.stage, self.peak, self.peak_noted, self.where = every, "", 0.0, 0.0, ("", [])
+        self._main = threading.main_thread().ident
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def run(self) -> None:
+        while True:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * self._page / 1024 ** 3
+            if rss > self.peak:
+                self.peak = rss
+                if rss > self.peak_noted + 0.05:   # a stack per 50 MB of new peak, not per sample
+                    frame = sys._current_frames().get(self._main)
+                    stack = traceback.extract_stack(frame)[-6:] if frame is not None else []
+                    self.where = (self.stage, [f"{Path(fr.filename).name}:{fr.lineno} {fr.name}" for fr in stack])
+                    self.peak_noted = rss
+            time.sleep(self.every)
+
+
+WATCH = PeakWatch()
 
 
 def peak_rss_gb() -> float:
@@ -65,7 +97,7 @@ class TrainBudget(L.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self.samples += len(batch[0])
+        self.samples += sum(len(b[0]) for b in batch) if isinstance(batch, StepChunk) else len(batch[0])
         if self.limit and time.perf_counter() - self._t0 > self.limit:
             trainer.should_stop, self.stopped = True, True
 
@@ -79,13 +111,17 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
 
     overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={args.batch_size}",
                  "train.use_cache=false", f"train.sparse={args.sparse}", "trainer.enable_progress_bar=false",
-                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}", *args.overrides]
+                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}",
+                 # what a plain run picks (train.steps_per_call=auto without callbacks); this stage's budget callback
+                 # would make auto fall back to one step per call
+                 f"train.steps_per_call={AUTO_STEPS_PER_CALL}", *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
     family = get_family(cfg.model.task)
     out: dict[str, tuple[float, float, float | None]] = {}   # stage: (wall s, peak RSS GB, CPU s or None)
 
     def stage(name, fn):
+        WATCH.stage = f"{data_overrides[0]}: {name}"
         t0, c0 = time.perf_counter(), time.process_time()
         r = fn()
         out[name] = (time.perf_counter() - t0, peak_rss_gb(), time.process_time() - c0)
@@ -145,6 +181,8 @@ def main() -> None:
     if not f.is_file():
         sys.exit(f"--file {f}: no such file (make one with experiments/make_synthetic.py)")
     results, facts = {}, {}
+    if sys.platform.startswith("linux"):
+        WATCH.start()
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         if args.baseline != "none":
             print(f"== {args.baseline} ==")
@@ -170,6 +208,10 @@ def main() -> None:
     if any(facts[n]["epoch_fraction"] < 1.0 for n in names):
         lines.append(f"\nTraining stopped by --max-train-minutes {args.max_train_minutes:g}: samples/s is over the "
                      "batches done, and the evaluation figures are of a partly trained model (their seconds are not).")
+    if WATCH.peak:
+        stage, frames = WATCH.where
+        lines.append(f"\nHighest RSS sample {WATCH.peak:.2f} GB (every {WATCH.every:g} s) during {stage}, at "
+                     + " > ".join(frames))
     table = "\n".join(lines)
     print("\n" + table)
     log_mlflow(args, f, results, facts, table)

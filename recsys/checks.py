@@ -73,6 +73,9 @@ def _train_checks(cfg: Mapping[str, Any]) -> list[str]:
         errs += one_of(cfg, "trainer.enable_progress_bar", [True, False, "auto"])
     if get(cfg, "train.divergence_factor") is not None:
         errs += number_in(cfg, "train.divergence_factor", 1.0, float("inf"), lo_open=True)
+    spc = get(cfg, "train.steps_per_call")
+    if spc is not None and spc != "auto":
+        errs += [e.replace("integer", "integer or auto") for e in positive_int(cfg, "train.steps_per_call")]
     if get(cfg, "train.patience") is not None:
         errs += positive_int(cfg, "train.patience")
     if not isinstance(get(cfg, "seed"), int) or isinstance(get(cfg, "seed"), bool):

@@ -98,9 +98,10 @@ def dense_model(cfg: DictConfig, data: Any, logger: Any, family: TaskFamily | No
                                                               if not k.startswith("pretrain")}
     data_tags = family.data_summary(data)[0]
     # Keys set to null mean "not used" (e.g. train.patience), so adding an optional key keeps existing caches valid;
-    # use_cache=false retrains and refreshes the same entry; the divergence guard only stops runs that are never cached.
+    # use_cache=false retrains and refreshes the same entry; the divergence guard only stops runs that are never cached;
+    # steps_per_call changes Lightning's loop, not the steps.
     train_cfg = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
-                 if v is not None and k not in ("use_cache", "divergence_factor")}
+                 if v is not None and k not in ("use_cache", "divergence_factor", "steps_per_call")}
     parts = ["dense", OmegaConf.to_container(cfg.data, resolve=True), data_tags, key_model, train_cfg, cfg.seed]
     if OmegaConf.select(cfg, "trainer.strategy") == "ddp":  # DDP-trained weights differ (rank shards): own entry
         parts.append({"ddp_devices": OmegaConf.select(cfg, "trainer.devices")})

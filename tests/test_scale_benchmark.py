@@ -31,6 +31,7 @@ def test_scale_benchmark_tiny_file_bounded_and_logged(tmp_path):
                   "full-ranking eval", "export (save + reload)", "latency", "optimizer path"):
         assert f"| {stage} |" in out, out
     assert "Training stopped by --max-train-minutes" in out   # cut after its first batch, and said so
+    assert "Highest RSS sample" in out and "during data=csv: " in out   # where the peak was, by the sampler thread
     assert "| users | 300 |" in out and "| optimizer path | dense Adam |" in out  # 2 x 500 rows: a batch hits them
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("scale-benchmark").experiment_id])

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from recsys.data.ctr import CTRTable
 from recsys.data.datamodule import RankingDataModule
 from recsys.data.shard import rank_batch, rank_world, shard
+from recsys.data.steps import train_loader
 from recsys.errors import ConfigError
 
 
@@ -67,11 +68,12 @@ class TableDataModule(L.LightningDataModule):
         super().__init__()
         if not 0.0 < data_fraction <= 1.0:
             raise ConfigError(f"data_fraction must be in (0, 1], got {data_fraction} (finetune.data_fraction).")
+        self.steps_per_call = 1   # optimizer steps per training_step call (recsys.data.steps)
         self.train_data = TableBatches(table, table.train_idx, batch_size, seed, True, data_fraction)
         self.val_data = TableBatches(table, table.val_idx, 8192, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_data, batch_size=None)
+        return train_loader(self.train_data, self.steps_per_call)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_data, batch_size=None)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from recsys.data.sampling import TrainPositives, training_epoch
 from recsys.data.shard import rank_batch, rank_world, shard
 from recsys.data.splits import ImplicitSplit
+from recsys.data.steps import train_loader
 from recsys.errors import ConfigError
 
 
@@ -143,6 +144,7 @@ class RankingDataModule(L.LightningDataModule):
         self.seed = seed
         self.eval_batch_users = eval_batch_users
         self.data_fraction = data_fraction
+        self.steps_per_call = 1   # optimizer steps per training_step call (recsys.data.steps)
         self.train_data = TrainEpochs(split, batch_size, num_negatives, seed, data_fraction)
         self.val_data = EvalBatches(split.val_users, split.val_items, split.val_negatives, eval_batch_users)
         self.test_data = EvalBatches(split.test_users, split.test_items, split.test_negatives, eval_batch_users)
@@ -164,7 +166,7 @@ class RankingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Pre-batched training loader; each iteration is a new epoch with fresh negatives."""
-        return DataLoader(self.train_data, batch_size=None)
+        return train_loader(self.train_data, self.steps_per_call)
 
     def val_dataloader(self) -> DataLoader:
         """Validation users with their held-out positive (column 0) and sampled negatives."""

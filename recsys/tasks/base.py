@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from recsys.data.steps import StepChunk
 from recsys.nn.optim import AdagradM
 from recsys.tasks.optim import build_sparse_adam, fused_adam, resolve_sparse
 
@@ -60,6 +61,18 @@ class TrainableTask(L.LightningModule):
         reads the whole tables (validation, checkpoints, the end of training)."""
         if self._rowwise is not None:
             self._rowwise.flush()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One optimizer step per mini-batch (the family's ``train_step``); a :class:`~recsys.data.steps.StepChunk`
+        (``train.steps_per_call`` > 1) is several consecutive mini-batches, stepped in order; its losses come back as
+        one 1-D tensor (the divergence guard reads each step's)."""
+        if type(batch) is StepChunk:
+            return torch.stack([self.train_step(b) for b in batch])
+        return self.train_step(batch)
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """One mini-batch: forward, loss, :meth:`manual_step`; returns the detached loss."""
+        raise NotImplementedError
 
     def manual_step(self, loss: torch.Tensor, n: int) -> torch.Tensor:
         """One optimizer step written out (tasks with ``automatic_optimization = False``: Lightning's automatic loop

@@ -99,6 +99,23 @@ class ScoreCheckpoint(ModelCheckpoint):
                 torch.save(state, tmp)
 
 
+AUTO_STEPS_PER_CALL = 32
+
+
+def steps_per_call(setting: Any, trainer_cfg: Mapping[str, Any], callbacks: Sequence[Callback]) -> int:
+    """``train.steps_per_call``: an integer as given; ``auto``: :data:`AUTO_STEPS_PER_CALL` mini-batches per
+    ``training_step`` call unless something counts or watches single steps: a stage callback (pruning re-applies its
+    masks and distillation reads each batch in ``on_train_batch_*``), DDP or several devices, or a trainer limit
+    counted in batches (``limit_train_batches``, ``val_check_interval``, ``max_steps``)."""
+    if str(setting).lower() != "auto":
+        return int(setting)
+    t = dict(trainer_cfg)
+    several = str(t.get("strategy", "auto")).startswith("ddp") or str(t.get("devices", 1)) not in ("1", "auto")
+    counted = t.get("max_steps") not in (None, -1) or any(    # an int counts batches (a float is a fraction)
+        isinstance(t.get(k), int) and not isinstance(t.get(k), bool) for k in ("limit_train_batches", "val_check_interval"))
+    return 1 if callbacks or several or counted else AUTO_STEPS_PER_CALL
+
+
 class StageTrainer:
     """Trains and evaluates models of one job (family, data, config, logger): what the pipeline's stages and the
     compression techniques use to run a training stage, instead of calling back into the pipeline."""
@@ -118,6 +135,7 @@ class StageTrainer:
         family, data, cfg = self.family, self.data, self.cfg
         task = task or family.make_task(model, cfg, stage, lr or cfg.train.lr, optimizer or cfg.train.optimizer)
         dm = family.make_datamodule(data, cfg, data_fraction=data_fraction)
+        dm.steps_per_call = steps_per_call(cfg.train.get("steps_per_call", "auto"), cfg.trainer, callbacks)
         Path(cfg.paths.cache_dir).mkdir(parents=True, exist_ok=True)
         from recsys.lifecycle import ckpt_prefix
         from recsys.tasks.guard import DivergenceGuard

@@ -15,9 +15,10 @@ from recsys.errors import TrainingDiverged
 LOSS_FLOOR = 0.1   # a stage that starts almost perfect (loss ~0) is not called diverged for noise above that start
 
 
-def _loss_of(outputs: Any) -> float | None:
+def _losses_of(outputs: Any) -> list[float]:
+    """The batch's step losses: one, or one per step of a ``train.steps_per_call`` chunk (a 1-D tensor)."""
     loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else None
+    return loss.detach().reshape(-1).tolist() if isinstance(loss, torch.Tensor) else []
 
 
 class DivergenceGuard(Callback):
@@ -34,15 +35,15 @@ class DivergenceGuard(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = _loss_of(outputs)
-        if loss is None:
-            return
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"{self.stage} training diverged: loss={loss} at epoch {trainer.current_epoch} "
-                                   f"(batch {batch_idx}, global step {trainer.global_step}); lower the learning rate")
-        if self.first is None:
-            self.first = loss
-        self._sum, self._n = self._sum + loss, self._n + 1
+        losses = _losses_of(outputs)
+        for loss in losses:
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"{self.stage} training diverged: loss={loss} at epoch {trainer.current_epoch} "
+                                       f"(batch {batch_idx}, global step {trainer.global_step}); lower the learning "
+                                       "rate")
+        if losses and self.first is None:
+            self.first = losses[0]
+        self._sum, self._n = self._sum + sum(losses), self._n + len(losses)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._n or self.factor is None or self.first is None:

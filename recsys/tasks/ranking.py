@@ -39,7 +39,7 @@ class RankingTask(TrainableTask):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.model(users, items)
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         users, items, labels = batch[:3]
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)

@@ -118,7 +118,7 @@ class SessionTask(TrainableTask):
         self.hidden: Any = None          # the model's per-session state (SessionModel contract, models/base.py)
         self._rows = 0                   # sessions that state holds
         self._ranks: list[torch.Tensor] = []
-        # Manual optimization: zero_grad / backward / step written out in training_step. A GRU4Rec step is a few ms of
+        # Manual optimization: zero_grad / backward / step written out in train_step. A GRU4Rec step is a few ms of
         # small ops, and Lightning's automatic loop (closure, per-step result collection) added ~1 ms to each (as in
         # the ranking task). Callbacks see the same hooks; trainer.gradient_clip_val / accumulate_grad_batches do not
         # apply to this task.
@@ -146,7 +146,7 @@ class SessionTask(TrainableTask):
     def on_train_epoch_start(self) -> None:
         self.hidden = None
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         inputs, targets, reset, negatives = batch[:4]
         if len(batch) > 4 and len(batch[4]) and self.hidden is not None:   # a shrinking batch (epoch_end: drain)
             self.hidden, self._rows = self.model.select_state(self.hidden, batch[4]), len(batch[4])
