@@ -50,7 +50,7 @@ from recsys.data.steps import StepChunk  # noqa: E402
 from recsys.export.artifact import load_artifact, save_artifact  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.tasks.base import get_family  # noqa: E402
-from recsys.tasks.fit import AUTO_STEPS_PER_CALL, StageTrainer  # noqa: E402
+from recsys.tasks.fit import StageTrainer, steps_per_call  # noqa: E402
 
 MODEL = ["model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]"]
 
@@ -61,7 +61,7 @@ class PeakWatch(threading.Thread):
 
     def __init__(self, every: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.every, self.stage, self.peak, self.peak_noted, self.where = every, "", 0.0, 0.0, ("", [])
+        self.every, self.stage, self.peak, self.peak_noted, self.where = every, "start-up", 0.0, 0.0, ("", [])
         self._main = threading.main_thread().ident
         self._page = os.sysconf("SC_PAGE_SIZE")
 
@@ -112,11 +112,12 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
     overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={args.batch_size}",
                  "train.use_cache=false", f"train.sparse={args.sparse}", "trainer.enable_progress_bar=false",
                  "eval.full_ranking=true", f"paths.cache_dir={cache_dir}",
-                 # what a plain run picks (train.steps_per_call=auto without callbacks); this stage's budget callback
-                 # would make auto fall back to one step per call
-                 f"train.steps_per_call={AUTO_STEPS_PER_CALL}", *args.overrides]
+                 *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
+    # what a plain run picks: train.steps_per_call=auto resolved without this stage's budget callback (with it,
+    # auto would fall back to one step per call)
+    cfg.train.steps_per_call = steps_per_call(cfg.train.get("steps_per_call", "auto"), cfg.trainer, [])
     family = get_family(cfg.model.task)
     out: dict[str, tuple[float, float, float | None]] = {}   # stage: (wall s, peak RSS GB, CPU s or None)
 

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from recsys.data.steps import Chunked, StepChunk
 from recsys.models import build_model
 from recsys.tasks.base import get_family
-from recsys.tasks.fit import AUTO_STEPS_PER_CALL, StageTrainer, steps_per_call
+from recsys.tasks.fit import AUTO_STEPS_PER_CALL, StageTrainer, steps_per_call, watches_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,11 @@ class _Calls(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.calls += 1
         self.steps = trainer.global_step
+
+
+class _EpochsOnly(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
 
 
 def test_chunks_keep_every_batch_in_order_and_count_calls():
@@ -71,7 +76,12 @@ def test_several_steps_per_call_take_the_same_steps(overrides, tiny_data_dir, tm
 
 def test_auto_is_one_step_per_call_where_single_steps_are_watched():
     assert steps_per_call("auto", {"strategy": "auto", "devices": 1}, []) == AUTO_STEPS_PER_CALL
-    assert steps_per_call("auto", {}, [_Calls()]) == 1                        # a stage callback (pruning, distillation)
+    assert steps_per_call("auto", {}, [_Calls()]) == 1                        # hooks single steps
+    assert steps_per_call("auto", {}, [_EpochsOnly()]) == AUTO_STEPS_PER_CALL   # epoch boundaries only
+    from recsys.compress.distill.callback import TeacherCallback
+    from recsys.compress.prune.callback import PruningCallback
+    from recsys.tasks.guard import DivergenceGuard
+    assert watches_steps(PruningCallback) and watches_steps(TeacherCallback) and watches_steps(DivergenceGuard)
     assert steps_per_call("auto", {"strategy": "ddp", "devices": 2}, []) == 1
     assert steps_per_call("auto", {"limit_train_batches": 20}, []) == 1      # counts batches
     assert steps_per_call("auto", {"limit_train_batches": 0.5}, []) == AUTO_STEPS_PER_CALL   # a fraction

@@ -102,18 +102,29 @@ class ScoreCheckpoint(ModelCheckpoint):
 AUTO_STEPS_PER_CALL = 32
 
 
+STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+              "on_before_optimizer_step", "on_before_zero_grad")
+
+
+def watches_steps(callback: Callback | type) -> bool:
+    """Whether a callback hooks single training steps (overrides a per-batch hook), e.g. pruning re-applying its
+    masks or distillation reading each batch; callbacks of epoch boundaries only do not."""
+    cls = callback if isinstance(callback, type) else type(callback)
+    return any(getattr(cls, h) is not getattr(Callback, h) for h in STEP_HOOKS)
+
+
 def steps_per_call(setting: Any, trainer_cfg: Mapping[str, Any], callbacks: Sequence[Callback]) -> int:
     """``train.steps_per_call``: an integer as given; ``auto``: :data:`AUTO_STEPS_PER_CALL` mini-batches per
-    ``training_step`` call unless something counts or watches single steps: a stage callback (pruning re-applies its
-    masks and distillation reads each batch in ``on_train_batch_*``), DDP or several devices, or a trainer limit
-    counted in batches (``limit_train_batches``, ``val_check_interval``, ``max_steps``)."""
+    ``training_step`` call unless something counts or watches single steps: a callback with a per-batch hook
+    (:func:`watches_steps`), DDP or several devices, or a trainer limit counted in batches (``limit_train_batches``,
+    ``val_check_interval``, ``max_steps``)."""
     if str(setting).lower() != "auto":
         return int(setting)
     t = dict(trainer_cfg)
     several = str(t.get("strategy", "auto")).startswith("ddp") or str(t.get("devices", 1)) not in ("1", "auto")
     counted = t.get("max_steps") not in (None, -1) or any(    # an int counts batches (a float is a fraction)
         isinstance(t.get(k), int) and not isinstance(t.get(k), bool) for k in ("limit_train_batches", "val_check_interval"))
-    return 1 if callbacks or several or counted else AUTO_STEPS_PER_CALL
+    return 1 if several or counted or any(watches_steps(cb) for cb in callbacks) else AUTO_STEPS_PER_CALL
 
 
 class StageTrainer:
