@@ -1,9 +1,11 @@
-"""AdagradM's numba kernels (dense elements, sparse item rows) take the same steps as its torch element-wise path."""
+"""AdagradM's numba kernels (dense elements, sparse item rows, a 1-D row-updated bias) take the same steps as its torch
+element-wise path."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from recsys.models.gru4rec import _Rows
 from recsys.nn.optim import AdagradM
 
 
@@ -12,19 +14,23 @@ def _run(kernels: bool, momentum: float, dtype: torch.dtype, steps: int = 40) ->
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(7, 5, dtype=dtype))
     table = torch.nn.Parameter(torch.randn(30, 4, dtype=dtype))
+    bias = torch.nn.Parameter(torch.randn(30, dtype=dtype))   # 1-D, sparse row gradients (GRU4Rec's item bias)
     start = table.detach().clone()
-    opt = AdagradM([w, table], lr=0.3, momentum=momentum, eps=1e-6)
+    opt = AdagradM([w, table, bias], lr=0.3, momentum=momentum, eps=1e-6)
     opt.kernels = kernels
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         rows = torch.randint(0, 30, (6,), generator=g)
         x = torch.randn(6, 7, generator=g, dtype=dtype)
-        loss = ((x @ w)[:, :4] * torch.nn.functional.embedding(rows, table, sparse=True)).sum().pow(2)
+        uniq, pos = torch.unique(rows, return_inverse=True)
+        b = _Rows.apply(bias, uniq, None)[pos]
+        loss = ((x @ w)[:, :4] * torch.nn.functional.embedding(rows, table, sparse=True) + b[:, None]).sum().pow(2)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    st = opt.state[table]
-    return w.detach(), table.detach(), st["acc"], st.get("mom", torch.zeros(0)), start
+    st, sb = opt.state[table], opt.state[bias]
+    return (w.detach(), table.detach(), st["acc"], st.get("mom", torch.zeros(0)), start, bias.detach(), sb["acc"],
+            sb.get("mom", torch.zeros(0)))
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.2])
