@@ -84,6 +84,11 @@ def _warm_up(dtype: torch.dtype) -> None:
         _rows_kernel(np.zeros(1, np.int64), two, two.copy(), two.copy(), mom, 0.0, 0.0, 1.0)
 
 
+def _as_rows(t: torch.Tensor) -> np.ndarray:
+    """A contiguous table's memory as a 2-D numpy array of rows (a 1-D table as (n, 1)), no copy."""
+    return t.view(len(t), -1).numpy()
+
+
 def _kernel_ok(*ts: torch.Tensor) -> bool:
     """CPU, float32 / float64, contiguous, one dtype: what the kernels take (numpy views, no copies)."""
     return all(t.device.type == "cpu" and t.dtype == ts[0].dtype and t.is_contiguous() and not t.requires_grad
@@ -109,20 +114,20 @@ class AdagradM(torch.optim.Optimizer):
             raise ValueError(f"train.weight_decay={weight_decay!r}: train.optimizer=adagradm has no weight decay "
                              "(as the official GRU4Rec optimiser); set train.weight_decay=0")
         super().__init__(params, {"lr": lr, "momentum": momentum, "eps": eps})
+        self._fits: dict[int, bool] = {}   # id(param) -> whether the kernels take it (_kernels_fit)
         for dtype in {p.dtype for g in self.param_groups for p in g["params"]} & {torch.float32, torch.float64}:
             _warm_up(dtype)
 
     def _kernels_fit(self, p: torch.Tensor, state: dict) -> bool:
         """:func:`_kernel_ok` of a parameter and its state, checked once (per-step checks were ~1.5 % of a 480-unit
         GRU4Rec step: py-spy); forgotten when a state is loaded."""
-        fits = self.__dict__.setdefault("_fits", {})
-        ok = fits.get(id(p))
+        ok = self._fits.get(id(p))
         if ok is None:
-            ok = fits[id(p)] = _kernel_ok(p.data, state["acc"], *([state["mom"]] if "mom" in state else []))
+            ok = self._fits[id(p)] = _kernel_ok(p.data, state["acc"], *([state["mom"]] if "mom" in state else []))
         return ok
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.__dict__.pop("_fits", None)
+        self._fits = {}
         super().load_state_dict(state_dict)
 
     @torch.no_grad()
@@ -150,10 +155,9 @@ class AdagradM(torch.optim.Optimizer):
                     if self.kernels and p.dim() <= 2 and self._kernels_fit(p, state):
                         # a 1-D table (GRU4Rec's item bias) as (n, 1) rows: the same kernel instead of ~8 torch ops
                         # (py-spy, 480 units: the torch path of the bias was ~4 % of a step)
-                        rows = (lambda t: t.view(len(t), -1).numpy())
-                        m = state["mom"] if mom > 0 else torch.empty(0, 0, dtype=p.dtype)
-                        _rows_kernel(idx.numpy(), rows(v.detach().contiguous()), rows(p.data), rows(state["acc"]),
-                                     rows(m) if mom > 0 else m.numpy(), lr, mom, eps)
+                        m = _as_rows(state["mom"]) if mom > 0 else torch.empty(0, 0, dtype=p.dtype).numpy()
+                        _rows_kernel(idx.numpy(), _as_rows(v.detach().contiguous()), _as_rows(p.data),
+                                     _as_rows(state["acc"]), m, lr, mom, eps)
                         continue
                     acc = state["acc"].index_select(0, idx).addcmul_(v, v)
                     state["acc"].index_copy_(0, idx, acc)
