@@ -20,8 +20,9 @@ Targets (2 cores, alone): peak RSS <= 6 GB, read + split <= 60 s, samples/s with
 Bounded: the training epoch stops after ``--max-train-minutes`` (default 20; samples/s is then from the batches done,
 and the table says so), so the whole ML-20M run takes about read+split + negatives + 20 min + evaluation (~10 min)
 at most. ``--sparse`` (default auto) is ``train.sparse`` (``recsys.tasks.optim.resolve_sparse``: auto is row-wise
-Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS is the process's (cumulative) peak after each stage, the baseline running first; a sampler
-thread also names the stage and the code running at the highest RSS it saw (every 0.1 s).
+Adam on the embedding tables for Adam without weight decay); the path each dataset used is printed and logged. Peak RSS
+is the process's (cumulative) peak after each stage, the baseline running first; a sampler thread also names the stage
+and the code running at the highest RSS it saw (every 0.1 s).
 The table and every figure are logged to MLflow (``tracking.uri``: $RECSYS_TRACKING_URI or mlruns/, experiment
 ``--experiment``), one run per invocation.
 """
@@ -111,8 +112,7 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
 
     overrides = [*data_overrides, *MODEL, "train.epochs=1", f"train.batch_size={args.batch_size}",
                  "train.use_cache=false", f"train.sparse={args.sparse}", "trainer.enable_progress_bar=false",
-                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}",
-                 *args.overrides]
+                 "eval.full_ranking=true", f"paths.cache_dir={cache_dir}", *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("config", overrides=overrides)
     # what a plain run picks: train.steps_per_call=auto resolved without this stage's budget callback (with it,
