@@ -21,7 +21,12 @@ no validation), the project's epochs are timed minus the validation inside them.
 
     RECSYS_DATA_DIR=../shared/datasets .venv/bin/python experiments/peers.py \
         --recbole-python /path/venv/bin/python --gru4rec /path/GRU4Rec_PyTorch_Official \
-        --gru4rec-python /path/venv/bin/python [--threads 2] [--only neumf|gru4rec|deepfm] [--epochs N] [--quick]
+        --gru4rec-python /path/venv/bin/python [--threads 2] [--only neumf|gru4rec|deepfm] [--epochs N] [--quick] \
+        [--rounds N]
+
+``--rounds N`` runs each pair N times, alternating which side goes first; the table gives each side's median and the
+project's median ratio with every round's ratio (this shared 2-core machine's speed drifts by 10-30 % between runs
+minutes apart, more than some of the gaps being measured).
 """
 from __future__ import annotations
 
@@ -206,7 +211,8 @@ class Row:
     per_s: float
     unit: str
     quality: dict[str, float] = field(default_factory=dict)
-    ratio: float | None = None   # project speed / peer speed (project rows only)
+    ratio: float | None = None   # project speed / peer speed (project rows only; the median over rounds)
+    ratios: list[float] = field(default_factory=list)   # each round's ratio, in run order (project rows only)
 
 
 def fmt_quality(q: dict[str, float]) -> str:
@@ -220,6 +226,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "–" if r.ratio is None else f"{r.ratio:.2f}×"
+        if len(r.ratios) > 1:
+            ratio += f" (rounds: {', '.join(f'{x:.2f}' for x in r.ratios)})"
         lines.append(f"| {r.system} | {r.setting} | {r.seconds_per_epoch:.1f} | {r.per_s:,.0f} {r.unit} | "
                      f"{fmt_quality(r.quality)} | {ratio} |")
     return "\n".join(lines)
@@ -232,6 +240,23 @@ def row_from(result: dict[str, Any], system: str, setting: str, unit: str, skip_
         secs = secs[1:]
     spe = sum(secs) / len(secs)
     return Row(system, setting, spe, float(result["samples_per_epoch"]) / spe, unit, dict(result["quality"]))
+
+
+def combine_rounds(peer_rows: Sequence[Row], proj_rows: Sequence[Row]) -> tuple[Row, Row]:
+    """One (peer, project) pair of rows from the rounds of a pair: each side's median seconds per epoch and median
+    quality metrics; the project's ratio is the median of the rounds' ratios (each round's two runs were adjacent in
+    time, so a slow spell of the machine hits both sides of a ratio rather than one side of the table)."""
+    import statistics
+
+    out = []
+    for rs in (peer_rows, proj_rows):
+        spe = statistics.median(r.seconds_per_epoch for r in rs)
+        per_epoch = rs[0].per_s * rs[0].seconds_per_epoch   # samples or events of one epoch
+        quality = {k: statistics.median(r.quality[k] for r in rs if k in r.quality) for k in rs[0].quality}
+        out.append(Row(rs[0].system, rs[0].setting, spe, per_epoch / spe, rs[0].unit, quality))
+    out[1].ratios = [b.per_s / a.per_s for a, b in zip(peer_rows, proj_rows)]
+    out[1].ratio = statistics.median(out[1].ratios)
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------- run
@@ -356,7 +381,8 @@ def log_mlflow(uri: str, table: str, rows: list[Row], meta: dict[str, Any],
             tag = f"row{n}_{'project' if r.system == 'project' else 'peer'}"
             tr.log_metrics({f"{tag}/seconds_per_epoch": r.seconds_per_epoch, f"{tag}/per_s": r.per_s,
                             **{f"{tag}/{k}": v for k, v in r.quality.items()},
-                            **({f"{tag}/project_over_peer": r.ratio} if r.ratio is not None else {})})
+                            **({f"{tag}/project_over_peer": r.ratio} if r.ratio is not None else {}),
+                            **{f"{tag}/project_over_peer_round{k + 1}": x for k, x in enumerate(r.ratios)}})
         tr.log_text(table + "\n", "peers.md")
         return tr.run_id
 
@@ -372,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--only", choices=["neumf", "gru4rec", "deepfm"], action="append")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 epoch each, NeuMF on ml-100k at batch 2048 only, "
                     "the 100-unit GRU4Rec file only; no speed claims")
+    ap.add_argument("--rounds", type=int, default=1, help="run each pair this many times, peer first in odd rounds and "
+                    "the project first in even ones; the table gives medians and each round's ratio")
     ap.add_argument("--force", action="store_true", help="run even on a busy machine (the table says so)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "peers.md"),
                     help="markdown file for the table (the workers' logs go beside it as .log)")
@@ -379,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "$MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db, as the report CLI)")
     ap.add_argument("--project-override", action="append", default=[], help="extra Hydra override for project runs")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: must be at least 1")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     which = args.only or ["neumf", "gru4rec", "deepfm"]
     need = {"neumf": ["recbole_python"], "deepfm": ["recbole_python"], "gru4rec": ["gru4rec", "gru4rec_python"]}
@@ -399,23 +429,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_path = Path(args.out).with_suffix(".log")
         with open(log_path, "w") as log:
             for peer, proj in pairs:
-                results = []
-                for side in (peer, proj):
-                    res = run_side(side, args.threads, work, log)
-                    versions.update({f"{side.kind}/{k}": v for k, v in res.get("versions", {}).items()})
-                    threads_seen.add(res["threads"])
-                    results.append(row_from(res, side.system, side.setting, side.unit, skip_first=False))
-                results[1].ratio = results[1].per_s / results[0].per_s
-                rows += results
+                results: dict[str, list[Row]] = {"peer": [], "project": []}
+                for rnd in range(args.rounds):
+                    for who, side in (("peer", peer), ("project", proj))[::1 if rnd % 2 == 0 else -1]:
+                        res = run_side(side, args.threads, work, log)
+                        versions.update({f"{side.kind}/{k}": v for k, v in res.get("versions", {}).items()})
+                        threads_seen.add(res["threads"])
+                        results[who].append(row_from(res, side.system, side.setting, side.unit, skip_first=False))
+                rows += combine_rounds(results["peer"], results["project"])
     table = markdown_table(rows)
     sys.path.insert(0, str(ROOT))
     from recsys import provenance
 
-    meta = {"threads": args.threads, "torch_threads_reported": sorted(threads_seen), "cpu": provenance.cpu_model(),
+    meta = {"threads": args.threads, "rounds": args.rounds, "torch_threads_reported": sorted(threads_seen), "cpu": provenance.cpu_model(),
             "busy_check": reason or f"quiet ({source})", "quick": args.quick, "versions": versions,
             "python": platform.python_version()}
     note = (f"\n\n{args.threads} torch thread(s) per side (reported {sorted(threads_seen)}), {meta['cpu']}; "
-            f"training time only; busy check: {meta['busy_check']}" + ("; --quick smoke run: no speed claims" if
+            + (f"{args.rounds} rounds a pair (medians; ratios per round in run order); " if args.rounds > 1 else "")
+            + f"training time only; busy check: {meta['busy_check']}" + ("; --quick smoke run: no speed claims" if
                                                                        args.quick else ""))
     sys.path.insert(0, str(ROOT))
     from recsys.provenance import provenance_md

@@ -109,6 +109,25 @@ def test_table_and_ratio() -> None:
     assert lines[3].endswith("| 200,000 samples/s | hr@10 0.7000 | 2.00× |")
 
 
+def test_rounds_combine_to_medians_and_per_round_ratios() -> None:
+    """--rounds: each side's median s/epoch and quality; the ratio is the median of the rounds' own ratios (a slow
+    spell hits both runs of a round), and every round's ratio is shown."""
+    def row(system: str, secs: float, hr: float) -> peers.Row:
+        return peers.row_from({"epoch_seconds": [secs], "samples_per_epoch": 1_000_000.0,
+                               "quality": {"hr_at_10": hr}}, system, "b2048", "samples/s", skip_first=False)
+    peer_rows = [row("RecBole 1.2.1", s, 0.66) for s in (20.0, 30.0, 24.0)]
+    proj_rows = [row("project", s, h) for s, h in ((10.0, 0.67), (12.0, 0.67), (13.0, 0.68))]
+    peer, proj = peers.combine_rounds(peer_rows, proj_rows)
+    assert peer.seconds_per_epoch == 24.0 and peer.per_s == pytest.approx(1e6 / 24.0)
+    assert proj.seconds_per_epoch == 12.0 and proj.quality == {"hr_at_10": 0.67}
+    assert proj.ratios == pytest.approx([2.0, 2.5, 24.0 / 13.0]) and proj.ratio == pytest.approx(2.0)
+    assert peer.ratio is None and peer.ratios == []
+    line = peers.markdown_table([peer, proj]).splitlines()[3]
+    assert line.endswith("| hr@10 0.6700 | 2.00× (rounds: 2.00, 2.50, 1.85) |")
+    one_peer, one_proj = peers.combine_rounds(peer_rows[:1], proj_rows[:1])
+    assert one_proj.ratio == pytest.approx(2.0) and peers.markdown_table([one_peer, one_proj]).endswith("| 2.00× |")
+
+
 def test_busy_rule() -> None:
     assert peers.busy_reason(0.3, 2, [(1, "init", 0.0), (9, "bash", 5.0)]) is None
     assert "load average 1.50" in peers.busy_reason(1.5, 2, [])
