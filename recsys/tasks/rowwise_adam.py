@@ -18,6 +18,12 @@ skipped steps is ``lr * m/sqrt(v) * F(t0, T)``, ``F(t0, T) = A(t0) - r^(T-1-t0) 
 ``A(t) = sum_{j>=1} r^j c(t+j)`` (precomputed in float64). So a row is brought up to date only when it is next read
 (in a batch, or by :meth:`RowwiseAdam.flush` before validation / saving), with the same moments and weights as dense
 Adam up to the eps term. ``catch_up=False`` is lazy Adam (SparseAdam's semantics, bias correction by the global step).
+
+The catch-up before a lookup writes only the weights: the moments' decay over the skipped steps (``b1^k``, ``b2^k``)
+is applied where the row's moments are next written anyway (its Adam step right after, or a flush), from the step
+they were last settled at (``settled``); until then a weight move scales ``m/sqrt(v)`` by ``r^(last - settled)``.
+Leaving the moment rows unwritten took a further ~25 % off a catch-up of 2,048 random rows of a 138,493 x 64 table
+(one thread, 436 -> 308 us).
 """
 from __future__ import annotations
 
@@ -64,10 +70,11 @@ class _StepSeries:
 
 
 @kernel
-def _catch_up_rows(idx, p, m, v, last, upto, lr, series):   # pragma: no cover (compiled)
-    """Rows in ``idx`` last brought up to date at step ``last[i] < upto``: dense Adam's moves and moment decay of
-    the steps last[i]+1..upto, in place; each row once (``last`` is set to ``upto``). ``series``: the
-    :class:`_StepSeries` table."""
+def _catch_up_rows(idx, p, m, v, last, settled, upto, lr, series, settle):   # pragma: no cover (compiled)
+    """Rows in ``idx`` whose weights were last brought up to date at step ``last[i] < upto``: dense Adam's moves of
+    the steps last[i]+1..upto, in place; each row once (``last`` is set to ``upto``). The stored moments are dense
+    Adam's at step ``settled[i]``; with ``settle`` they are also decayed to ``upto`` (and ``settled`` set), else left
+    for the row's next Adam step. ``series``: the :class:`_StepSeries` table."""
     d = p.shape[1]
     a_upto = series[upto, 0]
     cf = np.empty(4, dtype=p.dtype)
@@ -77,26 +84,45 @@ def _catch_up_rows(idx, p, m, v, last, upto, lr, series):   # pragma: no cover (
         i = idx[j]
         s = last[i]
         if s >= upto:
+            if settle and settled[i] < upto:   # weights current, moments not yet decayed
+                k = upto - settled[i]
+                cf[1] = series[k, 2]
+                cf[2] = series[k, 3]
+                d1, d2 = cf[1], cf[2]
+                for c in range(d):
+                    m[i, c] *= d1
+                    v[i, c] *= d2
+                settled[i] = upto
             continue
         k = upto - s
-        cf[0] = lr * (series[s, 0] - series[k, 1] * a_upto)
-        cf[1] = series[k, 2]
-        cf[2] = series[k, 3]
-        move, d1, d2 = cf[0], cf[1], cf[2]
-        for c in range(d):
-            mc = m[i, c]
-            vc = v[i, c]
-            p[i, c] -= move * mc / np.sqrt(vc + tiny)
-            m[i, c] = mc * d1
-            v[i, c] = vc * d2
+        cf[0] = lr * series[s - settled[i], 1] * (series[s, 0] - series[k, 1] * a_upto)
+        move = cf[0]
+        if settle:
+            k = upto - settled[i]
+            cf[1] = series[k, 2]
+            cf[2] = series[k, 3]
+            d1, d2 = cf[1], cf[2]
+            for c in range(d):
+                mc = m[i, c]
+                vc = v[i, c]
+                p[i, c] -= move * mc / np.sqrt(vc + tiny)
+                m[i, c] = mc * d1
+                v[i, c] = vc * d2
+            settled[i] = upto
+        else:
+            for c in range(d):
+                p[i, c] -= move * m[i, c] / np.sqrt(v[i, c] + tiny)
         last[i] = upto
 
 
 @kernel
-def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, t, lr, b1, b2, eps):   # pragma: no cover (compiled)
+def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, settled, t, lr, b1, b2, eps, series,
+               decay):   # pragma: no cover (compiled)
     """Adam step ``t`` (torch's formula: bias-corrected, eps outside the sqrt) on the rows of an uncoalesced sparse
     gradient (``idx[j]`` gets ``vals[j]``), in place; duplicate ids are summed first (into ``gbuf``, in first-seen
-    order ``rows``). ``pos`` is scratch, all -1 on entry and exit. Returns how many distinct rows."""
+    order ``rows``). With ``decay`` a row's moments are first decayed from step ``settled[i]`` to ``t - 1`` (the
+    catch-up left them; lazy Adam does not decay). ``pos`` is scratch, all -1 on entry and exit. Returns how many
+    distinct rows."""
     d, nr = p.shape[1], 0   # explicit element loops: numba's row-slice assignment ran ~5x slower
     for j in range(idx.size):
         i = idx[j]
@@ -111,14 +137,18 @@ def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, t, lr, b1, b2, eps):  
         else:
             for c in range(d):
                 gbuf[s, c] += vals[j, c]
-    cf = np.empty(7, dtype=p.dtype)
+    cf = np.empty(9, dtype=p.dtype)
     cf[0] = lr / (1.0 - b1 ** t)
     cf[1] = math.sqrt(1.0 - b2 ** t)
-    cf[2], cf[3], cf[4], cf[5], cf[6] = b1, b2, 1.0 - b1, 1.0 - b2, eps
-    step, bc2, fb1, fb2, o1, o2, e = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6]
+    cf[4], cf[5], cf[6] = 1.0 - b1, 1.0 - b2, eps
+    step, bc2, o1, o2, e = cf[0], cf[1], cf[4], cf[5], cf[6]
     for s in range(nr):
         i = rows[s]
         pos[i] = -1
+        k = t - 1 - settled[i] if decay else 0
+        cf[2] = b1 * series[k, 2]
+        cf[3] = b2 * series[k, 3]
+        fb1, fb2 = cf[2], cf[3]
         for c in range(d):
             g = gbuf[s, c]
             mc = fb1 * m[i, c] + o1 * g
@@ -127,6 +157,7 @@ def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, t, lr, b1, b2, eps):  
             v[i, c] = vc
             p[i, c] -= step * mc / (np.sqrt(vc) / bc2 + e)
         last[i] = t
+        settled[i] = t
     return nr
 
 
@@ -135,10 +166,12 @@ def _warm_up(dtype: torch.dtype) -> None:
     the optimizer is built, rather than inside the first training step (and its epoch's timing)."""
     f = np.dtype(str(dtype).replace("torch.", ""))
     p, m, v = np.zeros((2, 1), f), np.zeros((2, 1), f), np.zeros((2, 1), f)
-    last, pos, rows, a = np.zeros(2, np.int64), np.full(2, -1, np.int64), np.zeros(2, np.int64), np.zeros((4, 4))
+    last, settled, pos, rows = np.zeros(2, np.int64), np.zeros(2, np.int64), np.full(2, -1, np.int64), np.zeros(2, np.int64)
+    a = np.zeros((4, 4))
     for ids in (np.zeros(1, np.int64), np.zeros(1, np.int32)):
-        _catch_up_rows(ids, p, m, v, last, 1, 0.0, a)
-        _adam_rows(ids, np.zeros((1, 1), f), pos, rows, np.zeros((2, 1), f), p, m, v, last, 1, 0.0, 0.9, 0.999, 1e-8)
+        _catch_up_rows(ids, p, m, v, last, settled, 1, 0.0, a, False)
+        _adam_rows(ids, np.zeros((1, 1), f), pos, rows, np.zeros((2, 1), f), p, m, v, last, settled, 1, 0.0, 0.9,
+                   0.999, 1e-8, a, True)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -168,6 +201,8 @@ class RowwiseAdam(torch.optim.Optimizer):
             self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p),
                              "last": torch.zeros(p.shape[0], dtype=torch.int64)}
         self._pos = {id(p): np.full(p.shape[0], -1, dtype=np.int64) for p in tables}   # kernel scratch
+        # per row, the step its stored moments are dense Adam's at (<= "last"; equal after flush, so not saved)
+        self._settled = {id(p): np.zeros(p.shape[0], dtype=np.int64) for p in tables}
         self._np_views: dict[int, tuple] = {}
         self._scratch: dict[int, tuple] = {}
         for dtype in {p.dtype for p in tables}:
@@ -204,7 +239,8 @@ class RowwiseAdam(torch.optim.Optimizer):
         got = self._np_views.get(key)
         if got is None or got[0] != p.data_ptr():
             st = self.state[p]
-            got = (p.data_ptr(), _np(p), _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["last"]))
+            got = (p.data_ptr(), _np(p), _np(st["exp_avg"]), _np(st["exp_avg_sq"]), _np(st["last"]),
+                   self._settled[key])
             self._np_views[key] = got
         return got[1:]
 
@@ -217,9 +253,9 @@ class RowwiseAdam(torch.optim.Optimizer):
             self._scratch[id(p)] = got
         return got
 
-    def _catch_up(self, idx: torch.Tensor, p: torch.Tensor, upto: int) -> None:
+    def _catch_up(self, idx: torch.Tensor, p: torch.Tensor, upto: int, settle: bool = False) -> None:
         g = self.param_groups[0]
-        _catch_up_rows(_np(idx), *self._views(p), upto, g["lr"], self._series.upto(upto))
+        _catch_up_rows(_np(idx), *self._views(p), upto, g["lr"], self._series.upto(upto), settle)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -243,7 +279,7 @@ class RowwiseAdam(torch.optim.Optimizer):
             if len(idx):   # one kernel per table: sum duplicate rows, Adam in place on the rows
                 rows, gbuf = self._buffers(p, len(idx))
                 _adam_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, gbuf, *self._views(p), t, lr,
-                           b1, b2, eps)
+                           b1, b2, eps, self._series.upto(t), self.catch_up)
         return loss
 
     @torch.no_grad()
@@ -253,7 +289,7 @@ class RowwiseAdam(torch.optim.Optimizer):
         if not self.catch_up or self.t == 0:
             return
         for p in self.tables:
-            self._catch_up(torch.arange(p.shape[0]), p, self.t)
+            self._catch_up(torch.arange(p.shape[0]), p, self.t, settle=True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.tables:
@@ -277,5 +313,6 @@ class RowwiseAdam(torch.optim.Optimizer):
         for p, s in zip(self.tables, state_dict["tables"]):
             for k, v in s.items():
                 self.state[p][k].copy_(v)
+            self._settled[id(p)][:] = _np(self.state[p]["last"])   # saved states are flushed: moments settled
         if self.dense is not None:
             self.dense.load_state_dict(state_dict["dense"])
