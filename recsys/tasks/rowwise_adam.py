@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.nn.kernels import kernel
+from recsys.nn.kernels import AHEAD, kernel, prefetch_row
 from recsys.tasks.optim import fused_adam
 
 
@@ -81,6 +81,11 @@ def _catch_up_rows(idx, p, m, v, last, settled, upto, lr, series, settle):   # p
     cf[3] = 1e-30   # v = 0 only where m = 0 (a row never seen): + 1e-30 keeps that 0 / 0 out
     tiny = cf[3]
     for j in range(idx.size):
+        if j + AHEAD < idx.size:
+            q = idx[j + AHEAD]
+            prefetch_row(p, q)
+            prefetch_row(m, q)
+            prefetch_row(v, q)
         i = idx[j]
         s = last[i]
         if s >= upto:
@@ -143,6 +148,11 @@ def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, settled, t, lr, b1, b2
     cf[4], cf[5], cf[6] = 1.0 - b1, 1.0 - b2, eps
     step, bc2, o1, o2, e = cf[0], cf[1], cf[4], cf[5], cf[6]
     for s in range(nr):
+        if s + AHEAD < nr:
+            q = rows[s + AHEAD]
+            prefetch_row(p, q)
+            prefetch_row(m, q)
+            prefetch_row(v, q)
         i = rows[s]
         pos[i] = -1
         k = t - 1 - settled[i] if decay else 0
