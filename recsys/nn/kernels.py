@@ -19,9 +19,9 @@ kernel = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FASTMA
 
 
 @intrinsic
-def _prefetch(typingctx, arr, i, c):  # noqa: ANN001, ANN202, ARG001  (numba intrinsic signature)
+def _prefetch(typingctx, arr, i, c):   # numba intrinsic signature
     """LLVM's prefetch of ``arr[i, c]``'s cache line (for writing, keep in all cache levels)."""
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+    def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         at = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], signature.args[1:])]
@@ -43,7 +43,7 @@ AHEAD = 4
 
 
 @numba.njit(cache=True, nogil=True)
-def prefetch_row(a, i):  # noqa: ANN001, ANN201  (numba)
+def prefetch_row(a, i):
     """Prefetch row ``i`` of the 2-D array ``a``, one call per 64-byte line."""
     for c in range(0, a.shape[1], max(1, 64 // a.itemsize)):
         _prefetch(a, i, c)

@@ -88,36 +88,21 @@ def _catch_up_rows(idx, p, m, v, last, settled, upto, lr, series, settle):   # p
             prefetch_row(v, q)
         i = idx[j]
         s = last[i]
-        if s >= upto:
-            if settle and settled[i] < upto:   # weights current, moments not yet decayed
-                k = upto - settled[i]
-                cf[1] = series[k, 2]
-                cf[2] = series[k, 3]
-                d1, d2 = cf[1], cf[2]
-                for c in range(d):
-                    m[i, c] *= d1
-                    v[i, c] *= d2
-                settled[i] = upto
-            continue
-        k = upto - s
-        cf[0] = lr * series[s - settled[i], 1] * (series[s, 0] - series[k, 1] * a_upto)
-        move = cf[0]
-        if settle:
+        if s < upto:
+            cf[0] = lr * series[s - settled[i], 1] * (series[s, 0] - series[upto - s, 1] * a_upto)
+            move = cf[0]
+            for c in range(d):
+                p[i, c] -= move * m[i, c] / np.sqrt(v[i, c] + tiny)
+            last[i] = upto
+        if settle and settled[i] < upto:   # a second pass over the row, but only in flush (once an epoch)
             k = upto - settled[i]
             cf[1] = series[k, 2]
             cf[2] = series[k, 3]
             d1, d2 = cf[1], cf[2]
             for c in range(d):
-                mc = m[i, c]
-                vc = v[i, c]
-                p[i, c] -= move * mc / np.sqrt(vc + tiny)
-                m[i, c] = mc * d1
-                v[i, c] = vc * d2
+                m[i, c] *= d1
+                v[i, c] *= d2
             settled[i] = upto
-        else:
-            for c in range(d):
-                p[i, c] -= move * m[i, c] / np.sqrt(v[i, c] + tiny)
-        last[i] = upto
 
 
 @kernel
@@ -176,8 +161,8 @@ def _warm_up(dtype: torch.dtype) -> None:
     the optimizer is built, rather than inside the first training step (and its epoch's timing)."""
     f = np.dtype(str(dtype).replace("torch.", ""))
     p, m, v = np.zeros((2, 1), f), np.zeros((2, 1), f), np.zeros((2, 1), f)
-    last, settled, pos, rows = np.zeros(2, np.int64), np.zeros(2, np.int64), np.full(2, -1, np.int64), np.zeros(2, np.int64)
-    a = np.zeros((4, 4))
+    last, settled, rows, a = np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros((4, 4))
+    pos = np.full(2, -1, np.int64)
     for ids in (np.zeros(1, np.int64), np.zeros(1, np.int32)):
         _catch_up_rows(ids, p, m, v, last, settled, 1, 0.0, a, False)
         _adam_rows(ids, np.zeros((1, 1), f), pos, rows, np.zeros((2, 1), f), p, m, v, last, settled, 1, 0.0, 0.9,
