@@ -35,6 +35,7 @@ import ast
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,8 +247,6 @@ def combine_rounds(peer_rows: Sequence[Row], proj_rows: Sequence[Row]) -> tuple[
     """One (peer, project) pair of rows from the rounds of a pair: each side's median seconds per epoch and median
     quality metrics; the project's ratio is the median of the rounds' ratios (each round's two runs were adjacent in
     time, so a slow spell of the machine hits both sides of a ratio rather than one side of the table)."""
-    import statistics
-
     out = []
     for rs in (peer_rows, proj_rows):
         spe = statistics.median(r.seconds_per_epoch for r in rs)
@@ -441,13 +440,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     from recsys import provenance
 
-    meta = {"threads": args.threads, "rounds": args.rounds, "torch_threads_reported": sorted(threads_seen), "cpu": provenance.cpu_model(),
-            "busy_check": reason or f"quiet ({source})", "quick": args.quick, "versions": versions,
-            "python": platform.python_version()}
+    meta = {"threads": args.threads, "rounds": args.rounds, "torch_threads_reported": sorted(threads_seen),
+            "cpu": provenance.cpu_model(), "busy_check": reason or f"quiet ({source})", "quick": args.quick,
+            "versions": versions, "python": platform.python_version()}
     note = (f"\n\n{args.threads} torch thread(s) per side (reported {sorted(threads_seen)}), {meta['cpu']}; "
             + (f"{args.rounds} rounds a pair (medians; ratios per round in run order); " if args.rounds > 1 else "")
-            + f"training time only; busy check: {meta['busy_check']}" + ("; --quick smoke run: no speed claims" if
-                                                                       args.quick else ""))
+            + f"training time only; busy check: {meta['busy_check']}"
+            + ("; --quick smoke run: no speed claims" if args.quick else ""))
     sys.path.insert(0, str(ROOT))
     from recsys.provenance import provenance_md
     from recsys.report.load import resolve_uri

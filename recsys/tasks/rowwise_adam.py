@@ -127,7 +127,7 @@ def _adam_rows(idx, vals, pos, rows, gbuf, p, m, v, last, settled, t, lr, b1, b2
         else:
             for c in range(d):
                 gbuf[s, c] += vals[j, c]
-    cf = np.empty(9, dtype=p.dtype)
+    cf = np.empty(7, dtype=p.dtype)
     cf[0] = lr / (1.0 - b1 ** t)
     cf[1] = math.sqrt(1.0 - b2 ** t)
     cf[4], cf[5], cf[6] = 1.0 - b1, 1.0 - b2, eps
@@ -263,6 +263,7 @@ class RowwiseAdam(torch.optim.Optimizer):
         self.t += 1
         t, g = self.t, self.param_groups[0]
         lr, (b1, b2), eps = g["lr"], g["betas"], g["eps"]
+        series = self._series.upto(t)
         for p in self.tables:
             if p.grad is None:
                 continue
@@ -274,7 +275,7 @@ class RowwiseAdam(torch.optim.Optimizer):
             if len(idx):   # one kernel per table: sum duplicate rows, Adam in place on the rows
                 rows, gbuf = self._buffers(p, len(idx))
                 _adam_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, gbuf, *self._views(p), t, lr,
-                           b1, b2, eps, self._series.upto(t), self.catch_up)
+                           b1, b2, eps, series, self.catch_up)
         return loss
 
     @torch.no_grad()
