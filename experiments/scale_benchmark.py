@@ -74,7 +74,9 @@ class PeakWatch(threading.Thread):
                 self.peak = rss
                 if rss > self.peak_noted + 0.05:   # a stack per 50 MB of new peak, not per sample
                     frame = sys._current_frames().get(self._main)
-                    stack = traceback.extract_stack(frame)[-6:] if frame is not None else []
+                    # importlib's frozen frames name no file: left out, so a peak during imports shows who imports
+                    stack = [fr for fr in (traceback.extract_stack(frame) if frame is not None else [])
+                             if not fr.filename.startswith("<frozen")][-6:]
                     self.where = (self.stage, [f"{Path(fr.filename).name}:{fr.lineno} {fr.name}" for fr in stack])
                     self.peak_noted = rss
             time.sleep(self.every)
