@@ -142,7 +142,9 @@ def run_stages(data_overrides: list[str], args: argparse.Namespace, cache_dir: s
     facts = {"users": data.n_users, "items": data.n_items, "train_rows": len(data.train_users),
              "optimizer_path": {"": "dense Adam", "sparse": "sparse (SparseAdam on embeddings)",
                                 "rowwise": "row-wise Adam on embeddings (train.sparse=rowwise)",
-                                "rowwise_lazy": "row-wise lazy Adam on embeddings"}.get(sparse, str(sparse))}
+                                "rowwise_lazy": "row-wise lazy Adam on embeddings",
+                                "scatter": "dense Adam, table gradients scattered (train.sparse=scatter)"
+                                }.get(sparse, str(sparse))}
     print(f"  {data.n_users:,} users x {data.n_items:,} items, {len(data.train_users):,} train rows; "
           f"train.sparse={args.sparse} -> {facts['optimizer_path']}", flush=True)
     budget = TrainBudget(args.max_train_minutes)
@@ -172,7 +174,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="ml-1m-loo", help="data preset run first for comparison, or 'none'")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false", "rowwise", "rowwise_lazy"],
+    ap.add_argument("--sparse", default="auto", choices=["auto", "true", "false", "rowwise", "rowwise_lazy", "scatter"],
                     help="train.sparse (see above)")
     ap.add_argument("--max-train-minutes", type=float, default=20.0,
                     help="stop the training epoch after this many minutes (0: run it whole)")

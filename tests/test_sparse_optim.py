@@ -104,8 +104,8 @@ def test_sparse_fit_learns_and_gives_the_model_back_dense(tmp_path):
     from recsys.tasks.ranking import RankingTask
 
     split = _tiny_split()
-    results = {}
-    for sparse in ("false", "true", "rowwise"):
+    results, weights = {}, {}
+    for sparse in ("false", "true", "rowwise", "scatter"):
         torch.manual_seed(0)
         model = NeuMF(split.n_users, split.n_items, factors=8, mlp_layers=[16, 8])
         task = RankingTask(model, lr=0.01, stage="dense", sparse=sparse)
@@ -113,11 +113,44 @@ def test_sparse_fit_learns_and_gives_the_model_back_dense(tmp_path):
         info = fit(task, dm, 4, {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"},
                    ckpt_dir=str(tmp_path / sparse), monitor="dense/epoch_val_hr_at_10")
         assert not any(m.sparse for m in sparse_embeddings(model))
-        results[sparse] = info["best_val"]
+        results[sparse], weights[sparse] = info["best_val"], model.state_dict()
     # a popularity-driven toy: both paths learn it well above chance (10 of 50 candidates = 0.20)
     assert results["false"] > 0.4 and results["true"] > 0.4, results
     assert results["true"] >= results["false"] - 0.05, results
     assert results["rowwise"] >= results["false"] - 0.05, results
+    # scatter: dense Adam's steps through the whole fit (gradients built in kept buffers), the same weights
+    assert results["scatter"] == results["false"]
+    for k, v in weights["false"].items():
+        assert torch.equal(weights["scatter"][k], v), k
+
+
+def test_scatter_adam_takes_dense_fused_adams_exact_steps_with_duplicates_and_absent_rows():
+    """ScatterAdam: bit-identical to dense fused Adam, including duplicate ids in a batch (summed in order), rows
+    absent from a step (zeroed, not carried) and a step where a table is not read at all."""
+    from recsys.tasks.optim import ScatterAdam, fused_adam
+
+    a, b = _twins()
+    opt_a, embs = build_sparse_adam(a, lr=0.01, mode="scatter")
+    assert isinstance(opt_a, ScatterAdam) and all(m.sparse for m in embs)
+    opt_b = fused_adam(list(b.parameters()), lr=0.01)
+    g = torch.Generator().manual_seed(3)
+    for k in range(12):
+        u = torch.randint(0, 30, (40,), generator=g) if k % 4 else torch.full((40,), 7)   # every 4th: one user only
+        i = torch.randint(0, 20, (40,), generator=g)
+        y = (torch.rand(40, generator=g) < 0.3).float()
+        _step(a, opt_a, u, i, y)
+        _step(b, opt_b, u, i, y)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (k, n)
+    # a step that reads only the MLP's tables: the GMF tables get no gradient, and both optimizers skip them
+    for opt, m in ((opt_a, a), (opt_b, b)):
+        opt.zero_grad()
+        m.mlp.vector(torch.tensor([1, 2]), torch.tensor([3, 3])).sum().backward()
+        opt.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), n
+    state = opt_a.state_dict()   # the inner Adam's state: moments of every parameter, tables included
+    assert len(state["state"]) == len(list(a.parameters()))
 
 
 def _tiny_split():
@@ -154,7 +187,8 @@ def test_auto_keeps_dense_updates_where_a_batch_hits_many_rows():
     ml1m = NeuMF(6040, 3706, factors=32, mlp_layers=[128, 64, 32])
     cfg = lambda bs, s="auto": OmegaConf.create({"train": {"sparse": s, "batch_size": bs}})  # noqa: E731
     assert RankingFamily._sparse_setting(cfg(256), ml1m) == "auto"
-    assert RankingFamily._sparse_setting(cfg(2048), ml1m) == "false"       # ~40 % of the rows per batch
+    assert RankingFamily._sparse_setting(cfg(2048), ml1m) == "scatter"     # ~40 % of the rows per batch: dense Adam
+    assert RankingFamily._sparse_setting(cfg(2048), ml1m, optimizer="sgd") == "false"
     assert RankingFamily._sparse_setting(cfg(2048, True), ml1m) is True    # an explicit choice is kept
     ml20m = NeuMF(138_493, 26_744, factors=32, mlp_layers=[128, 64, 32])
     assert RankingFamily._sparse_setting(cfg(2048), ml20m) == "auto"

@@ -18,6 +18,7 @@ from recsys.evaluation import metrics as M
 from recsys.evaluation.protocols import full_ranks, ranking_metrics, sampled_auc, sampled_ranks, sampled_scores
 from recsys.measure.latency import LatencyConfig, measure_latency
 from recsys.tasks.base import TaskFamily, TrainableTask, model_kwargs
+from recsys.tasks.optim import resolve_sparse
 
 
 class RankingTask(TrainableTask):
@@ -115,23 +116,29 @@ class RankingFamily(TaskFamily):
         return {"pretrain_seconds": seconds}, train_kw
 
     def make_task(self, model: nn.Module, cfg: Any, stage: str, lr: float, optimizer: str) -> RankingTask:
+        sparse = self._sparse_setting(cfg, data_rows=model, optimizer=optimizer)
         return RankingTask(model, lr=lr, optimizer=optimizer, weight_decay=cfg.train.weight_decay, stage=stage,
-                           topk=int(cfg.eval.topk[0]), sparse=self._sparse_setting(cfg, data_rows=model))
+                           topk=int(cfg.eval.topk[0]), sparse=sparse)
 
     @staticmethod
-    def _sparse_setting(cfg: Any, data_rows: nn.Module) -> Any:
-        """``train.sparse``, with ``auto`` (row-wise Adam) kept only where a batch touches few table rows (<= 10 %):
-        where one batch hits a large share of the rows (ML-1M at batch 2048: ~40 %) the row kernels' random-row
-        gathers and writes cost more than the fused dense pass over the whole table. Interleaved step times in one
-        process (experiments/sparse_step_ratio.py, 1 thread, machine at load ~5): ML-1M b256 (5 % of rows) the
-        row-wise step 1.14x as fast as the fused dense one (lazy 1.40x), b2048 0.63x (lazy 0.84x); the quiet
-        benchmark should settle the threshold."""
+    def _sparse_setting(cfg: Any, data_rows: nn.Module, optimizer: str | None = None) -> Any:
+        """``train.sparse``, with ``auto`` resolved by how many table rows a batch touches. Where it touches few (<=
+        10 %): ``auto`` (row-wise Adam / sparse SGD). Where one batch hits a large share of the rows (ML-1M at batch
+        2048: ~40 %) the row kernels' random-row gathers and writes cost as much as the fused dense pass over the
+        whole table (two alternations, ML-1M b2048: 12.1 vs 11.7 s and 13.8 vs 13.8 s an epoch), so Adam stays dense
+        over every row, with the tables' gradients scattered into kept buffers (``scatter``: the same steps, no
+        table-sized gradient allocated and zero-filled each step); other optimizers then train dense (``false``).
+        ``optimizer``: the stage's optimizer (default ``train.optimizer``)."""
         setting = cfg.train.get("sparse", "false")
         if str(setting).lower() != "auto":
             return setting
         rows = sum(m.num_embeddings for m in data_rows.modules() if type(m) is nn.Embedding) or 1
         tables = sum(1 for m in data_rows.modules() if type(m) is nn.Embedding) or 1
-        return "auto" if cfg.train.batch_size * tables <= 0.10 * rows else "false"
+        if cfg.train.batch_size * tables <= 0.10 * rows:
+            return "auto"
+        opt = optimizer or cfg.train.get("optimizer", "adam")
+        return "scatter" if resolve_sparse("auto", opt, cfg.train.get("weight_decay", 0.0), data_rows) == "rowwise" \
+            else "false"
 
     def make_datamodule(self, data: ImplicitSplit, cfg: Any, data_fraction: float = 1.0) -> RankingDataModule:
         return RankingDataModule(data, batch_size=cfg.train.batch_size, num_negatives=cfg.train.num_negatives,
