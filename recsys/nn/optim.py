@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from recsys.nn.kernels import kernel
+from recsys.nn.kernels import closure_loss, kernel
 
 # The update is written as two numba kernels (one pass over the dense elements / the batch's rows, in place) because
 # torch needs 4-6 passes for it (addcmul_, add, sqrt_, addcdiv_ / index_select, index_copy_, div, index_add_), each a
@@ -132,10 +132,7 @@ class AdagradM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201  (torch's Optimizer.step signature)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, mom, eps = group["lr"], group["momentum"], group["eps"]
             for p in group["params"]:

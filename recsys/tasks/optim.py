@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from recsys.nn.kernels import AHEAD, kernel, prefetch_row
+from recsys.nn.kernels import AHEAD, closure_loss, kernel, prefetch_row
 
 SPARSE_CHOICES = ("auto", "true", "false", "rowwise", "rowwise_lazy", "scatter")
 # true: torch's SparseAdam (lazy) on the tables; rowwise: recsys.tasks.rowwise_adam.RowwiseAdam, dense Adam's math
@@ -72,28 +72,20 @@ def resolve_sparse(setting: Any, optimizer: str, weight_decay: float, model: nn.
 
 
 @kernel
-def _scatter_rows(idx, vals, buf):   # pragma: no cover (compiled)
+def _scatter_rows(idx, vals, buf, zero):   # pragma: no cover (compiled)
     """``buf[idx[j]] += vals[j]`` for j in order (duplicates summed in the order torch's dense embedding backward
-    sums them)."""
+    sums them); with ``zero``, ``buf[idx] = 0`` instead (``vals`` unread)."""
     d = buf.shape[1]
     for j in range(idx.size):
         if j + AHEAD < idx.size:
             prefetch_row(buf, idx[j + AHEAD])
         i = idx[j]
-        for c in range(d):
-            buf[i, c] += vals[j, c]
-
-
-@kernel
-def _zero_rows(idx, buf):   # pragma: no cover (compiled)
-    """``buf[idx] = 0``."""
-    d = buf.shape[1]
-    for j in range(idx.size):
-        if j + AHEAD < idx.size:
-            prefetch_row(buf, idx[j + AHEAD])
-        i = idx[j]
-        for c in range(d):
-            buf[i, c] = 0.0
+        if zero:
+            for c in range(d):
+                buf[i, c] = 0.0
+        else:
+            for c in range(d):
+                buf[i, c] += vals[j, c]
 
 
 class ScatterAdam(torch.optim.Optimizer):
@@ -124,17 +116,14 @@ class ScatterAdam(torch.optim.Optimizer):
         self._written: list[tuple[np.ndarray, np.ndarray]] = []   # (row ids, buffer) the last step wrote
         for dtype in {p.dtype for p in tables}:   # compile (or load from numba's cache) now, not in the first step
             b = torch.zeros(2, 1, dtype=dtype).numpy()
-            _scatter_rows(np.zeros(1, np.int64), b[:1], b)
-            _zero_rows(np.zeros(1, np.int64), b)
+            for zero in (False, True):
+                _scatter_rows(np.zeros(1, np.int64), b[:1], b, zero)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for idx, buf in self._written:
-            _zero_rows(idx, buf)
+            _scatter_rows(idx, buf, buf, True)
         self._written = []
         for p in self.tables:
             g = p.grad
@@ -143,7 +132,7 @@ class ScatterAdam(torch.optim.Optimizer):
             buf = self._bufs[id(p)]
             idx, vals = g._indices()[0].numpy(), g._values().contiguous().numpy()
             b = buf.numpy()
-            _scatter_rows(idx, vals, b)
+            _scatter_rows(idx, vals, b, False)
             self._written.append((idx, b))
             p.grad = buf
         self.inner.step()
@@ -176,10 +165,7 @@ class SparseDenseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for o in self.inner:
             o.step()
         return loss
@@ -239,10 +225,7 @@ class LeanFusedAdam(torch.optim.Adam):
             out = super().step(closure)
             self._lean = self._lean_lists()
             return out
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         _, ps, ms, vs, steps = lean
         grads = [p.grad for p in ps]
         if any(gr is None for gr in grads):   # a parameter without gradient this step: torch's path skips it

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.nn.kernels import AHEAD, kernel, prefetch_row
+from recsys.nn.kernels import AHEAD, closure_loss, kernel, prefetch_row
 from recsys.tasks.optim import fused_adam
 
 
@@ -254,10 +254,7 @@ class RowwiseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self.dense is not None:
             self.dense.step()
         self.t += 1
