@@ -17,7 +17,7 @@ from recsys.export.quantized import expected_table_nbytes, stored_nbytes
 from recsys.models.gru4rec import GRU4Rec, sampled_loss
 from recsys.models.ncf import NeuMF
 from recsys.nn.qtensor import dequantize, packed_nbytes, quantize_tensor
-from recsys.nn.quantized import QuantizedEmbedding, QuantizedGRU, QuantizedLinear
+from recsys.nn.quantized import QuantizedEmbedding, QuantizedGRU, QuantizedLinear, activations_overflow
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ALL = ("embeddings", "linear", "gru")
@@ -227,7 +227,8 @@ def test_other_gru_layouts_keep_nn_grus_call(kw):
     x = torch.randn(5, 4, 12)
     with torch.no_grad():
         ref, h_ref = gru(x)
-        for backend, bound in (("eager", 0.01), ("torch", 0.02)):
+        # torch's kernels: 8-bit activations (~1 % error), 7-bit where this CPU's kernels overflow without (~2-3 %)
+        for backend, bound in (("eager", 0.01), ("torch", 0.04 if activations_overflow() else 0.02)):
             out, h = _quantized(gru, 8, "symmetric", backend)(x)
             assert out.shape == ref.shape and h.shape == h_ref.shape
             assert (out - ref).abs().max() <= bound * ref.abs().max()
