@@ -185,9 +185,17 @@ def reap_dead_runs(uri: str) -> list[str]:
                 continue
             note = (f"reaped: the process that ran this job (host {t.get('process.host')}, pid {t.get('process.pid')})"
                     " died without ending the run (kill -9, out of memory, power loss); marked FAILED by a later job")
-            client.set_tag(run.info.run_id, "failure", note)
-            client.set_tag(run.info.run_id, "mlflow.note.content", note)
-            client.set_terminated(run.info.run_id, "FAILED")
+            try:
+                client.set_tag(run.info.run_id, "failure", note)
+                client.set_tag(run.info.run_id, "mlflow.note.content", note)
+                client.set_terminated(run.info.run_id, "FAILED")
+            except MlflowException:
+                # several jobs starting at once (distributed sweep workers) may reap the same run: the tracking
+                # server's tag insert is not atomic, so the second insert of "failure" fails on PostgreSQL's unique
+                # key. The run reaped by the other job is done; any other failure is raised.
+                if "failure" not in client.get_run(run.info.run_id).data.tags:
+                    raise
+                continue
             print(f"[tracking] run {run.info.run_id} ({run.info.run_name}) was left RUNNING by a dead process: "
                   "marked FAILED")
             reaped.append(run.info.run_id)

@@ -126,6 +126,39 @@ def test_reaper_marks_only_dead_runs_of_this_host(tmp_path):
     assert status == {"dead": "FAILED", "alive": "RUNNING", "other-host": "RUNNING", "untagged": "RUNNING"}
 
 
+def test_reaper_leaves_a_run_another_job_is_reaping(tmp_path, monkeypatch):
+    """Two jobs starting at once may reap the same dead run; the tracking server's tag insert is not atomic (on
+    PostgreSQL the second "failure" insert violates the tag key). The job that loses the race skips that run, while a
+    failure on a run nobody reaped is raised."""
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.init_store(uri, "e")
+    client = MlflowClient(uri)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    run_id = client.create_run(exp, tags={**lifecycle.identity(), "process.pid": str(child.pid)}).info.run_id
+    original = MlflowClient.set_tag
+
+    def other_job_first(self, rid, key, value, *a, **kw):   # the other job's insert lands first, ours then fails
+        original(self, rid, key, "reaped by the other job")
+        raise MlflowException("duplicate key value violates unique constraint \"tag_pk\"")
+
+    monkeypatch.setattr(MlflowClient, "set_tag", other_job_first)
+    assert tracking.reap_dead_runs(uri) == []
+    assert client.get_run(run_id).data.tags["failure"] == "reaped by the other job"
+
+    run2 = client.create_run(exp, tags={**lifecycle.identity(), "process.pid": str(child.pid)}).info.run_id
+
+    def broken(self, rid, key, value, *a, **kw):   # a failure with no other reaper: raised
+        raise MlflowException("server down")
+
+    monkeypatch.setattr(MlflowClient, "set_tag", broken)
+    with pytest.raises(MlflowException, match="server down"):
+        tracking.reap_dead_runs(uri)
+    assert "failure" not in client.get_run(run2).data.tags
+
+
 def _alive(pid: int) -> bool:
     """Exists and is not a zombie (a container's pid 1 may never reap re-parented children)."""
     try:
