@@ -256,24 +256,19 @@ def build_sparse_adam(model: nn.Module, lr: float, optimizer: str = "adam", mode
     ``mode``: "sparse" (SparseAdam / SGD), "rowwise" / "rowwise_lazy" (RowwiseAdam, hooked on the tables) or
     "scatter" (ScatterAdam: dense Adam, table gradients built from the sparse ones)."""
     embs = sparse_embeddings(model)
-    if mode == "scatter" and optimizer == "adam":
-        tables = {id(m.weight) for m in embs}
-        for m in embs:
-            m.sparse = True
-        return ScatterAdam([m.weight for m in embs], [p for p in model.parameters() if p.requires_grad and
-                                                      id(p) not in tables], lr=lr), embs
+    tables = [m.weight for m in embs]
+    ids = {id(p) for p in tables}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     if mode in ("rowwise", "rowwise_lazy") and optimizer == "adam":
         from recsys.tasks.rowwise_adam import RowwiseAdam
 
-        tables = {id(m.weight) for m in embs}
-        opt = RowwiseAdam([m.weight for m in embs], [p for p in model.parameters() if p.requires_grad and
-                                                     id(p) not in tables], lr=lr, catch_up=mode == "rowwise")
+        opt = RowwiseAdam(tables, dense, lr=lr, catch_up=mode == "rowwise")
         opt.attach(embs)
         return opt, embs
     for m in embs:
         m.sparse = True
     if optimizer == "sgd":   # torch SGD without momentum/decay accepts sparse gradients: only batch rows are written
         return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr), embs
-    sparse_ids = {id(m.weight) for m in embs}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
-    return SparseDenseAdam([m.weight for m in embs], dense, lr=lr), embs
+    if mode == "scatter" and optimizer == "adam":
+        return ScatterAdam(tables, dense, lr=lr), embs
+    return SparseDenseAdam(tables, dense, lr=lr), embs
