@@ -135,7 +135,9 @@ class MLP(nn.Module):
         self.item_embedding = nn.Embedding(n_items, emb)
         blocks: list[nn.Module] = []
         for d_in, d_out in zip(layers[:-1], layers[1:]):
-            blocks += [nn.Dropout(dropout), nn.Linear(d_in, d_out), nn.ReLU()]
+            # nn.Identity at dropout 0: the same tower (no parameters either way), without dropout's call in each
+            # training step (~1 % of a NeuMF step at batch 256, py-spy)
+            blocks += [nn.Dropout(dropout) if dropout else nn.Identity(), nn.Linear(d_in, d_out), nn.ReLU()]
         self.tower = nn.Sequential(*blocks)
         self.predict = nn.Linear(layers[-1], 1)
         nn.init.normal_(self.user_embedding.weight, std=0.01)

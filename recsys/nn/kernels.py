@@ -8,11 +8,7 @@ Kernels cast their scalars to the array's dtype so float32 tables are updated in
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numba
-import torch
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -52,11 +48,3 @@ def prefetch_row(a, i):
     for c in range(0, a.shape[1], max(1, 64 // a.itemsize)):
         _prefetch(a, i, c)
 
-
-def closure_loss(closure: Callable[[], Any] | None) -> Any:
-    """``Optimizer.step(closure)``'s contract for the hand-written optimizers: the closure's loss, computed with
-    gradients enabled (None without a closure)."""
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()

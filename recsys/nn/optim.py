@@ -16,7 +16,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from recsys.nn.kernels import closure_loss, kernel
+from recsys.nn.kernels import kernel
+from recsys.nn.step import DirectStep
 
 # The update is written as two numba kernels (one pass over the dense elements / the batch's rows, in place) because
 # torch needs 4-6 passes for it (addcmul_, add, sqrt_, addcdiv_ / index_select, index_copy_, div, index_add_), each a
@@ -95,7 +96,7 @@ def _kernel_ok(*ts: torch.Tensor) -> bool:
                for t in ts) and ts[0].dtype in (torch.float32, torch.float64)
 
 
-class AdagradM(torch.optim.Optimizer):
+class AdagradM(DirectStep, torch.optim.Optimizer):
     """Adagrad (eps inside the sqrt) + heavy-ball momentum on the scaled step; sparse gradients update rows lazily.
 
     ``kernels=False`` takes torch's element-wise ops instead of the numba kernels (same math; kept to test against)."""
@@ -131,8 +132,8 @@ class AdagradM(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201  (torch's Optimizer.step signature)
-        loss = closure_loss(closure)
+    def update(self) -> None:
+        """One step (``step(closure)`` runs the closure first: :class:`~recsys.nn.step.DirectStep`)."""
         for group in self.param_groups:
             lr, mom, eps = group["lr"], group["momentum"], group["eps"]
             for p in group["params"]:
@@ -175,4 +176,3 @@ class AdagradM(torch.optim.Optimizer):
                         p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
                     else:
                         p.addcdiv_(g, denom, value=-lr)
-        return loss

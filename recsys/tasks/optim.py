@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from recsys.nn.kernels import AHEAD, closure_loss, kernel, prefetch_row
+from recsys.nn.kernels import AHEAD, kernel, prefetch_row
+from recsys.nn.step import DirectStep, run_update
 
 SPARSE_CHOICES = ("auto", "true", "false", "rowwise", "rowwise_lazy", "scatter")
 # true: torch's SparseAdam (lazy) on the tables; rowwise: recsys.tasks.rowwise_adam.RowwiseAdam, dense Adam's math
@@ -88,7 +89,7 @@ def _scatter_rows(idx, vals, buf, zero):   # pragma: no cover (compiled)
                 buf[i, c] += vals[j, c]
 
 
-class ScatterAdam(torch.optim.Optimizer):
+class ScatterAdam(DirectStep, torch.optim.Optimizer):
     """Dense Adam (torch's fused kernel over every row of every parameter, :func:`fused_adam`) whose embedding-table
     gradients are built in kept buffers from the tables' sparse gradients (``nn.Embedding(sparse=True)``): each step
     zeroes the rows the previous step wrote and adds the batch's rows in. The steps are dense Adam's, bit for bit.
@@ -120,8 +121,7 @@ class ScatterAdam(torch.optim.Optimizer):
                 _scatter_rows(np.zeros(1, np.int64), b[:1], b, zero)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure_loss(closure)
+    def update(self) -> None:
         for idx, buf in self._written:
             _scatter_rows(idx, buf, buf, True)
         self._written = []
@@ -135,8 +135,7 @@ class ScatterAdam(torch.optim.Optimizer):
             _scatter_rows(idx, vals, b, False)
             self._written.append((idx, b))
             p.grad = buf
-        self.inner.step()
-        return loss
+        run_update(self.inner)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -148,7 +147,7 @@ class ScatterAdam(torch.optim.Optimizer):
         self.inner.load_state_dict(state_dict)
 
 
-class SparseDenseAdam(torch.optim.Optimizer):
+class SparseDenseAdam(DirectStep, torch.optim.Optimizer):
     """SparseAdam over the given embedding weights + Adam over the rest, stepped together (see the module docstring
     for the lazy-moment semantics). ``param_groups`` are the inner optimizers' groups, so lr changes reach both."""
 
@@ -164,11 +163,9 @@ class SparseDenseAdam(torch.optim.Optimizer):
         self.param_groups = [g for o in self.inner for g in o.param_groups]
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure_loss(closure)
+    def update(self) -> None:
         for o in self.inner:
-            o.step()
-        return loss
+            run_update(o)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.inner:
@@ -193,7 +190,7 @@ def fused_adam(params: Iterable[torch.Tensor], **kw: Any) -> torch.optim.Adam:
     return LeanFusedAdam(params, fused=True, **kw)
 
 
-class LeanFusedAdam(torch.optim.Adam):
+class LeanFusedAdam(DirectStep, torch.optim.Adam):
     """torch's fused CPU Adam with the per-step Python trimmed: once every parameter has its state, ``step`` calls
     torch's own kernels (``_foreach_add_`` on the step counts, ``_fused_adam_``) on cached state lists, and
     ``zero_grad`` sets gradients to None directly. The first step, and any setting this path does not cover (several
@@ -218,25 +215,23 @@ class LeanFusedAdam(torch.optim.Adam):
         return (ps, list(ps), [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [s["step"] for s in st])
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def update(self) -> None:
         lean = self._lean
         if lean is None or len(self.param_groups) != 1 or self.param_groups[0]["params"] is not lean[0] or \
                 len(lean[0]) != len(lean[1]):
-            out = super().step(closure)
+            torch.optim.Adam.step(self)
             self._lean = self._lean_lists()
-            return out
-        loss = closure_loss(closure)
+            return
         _, ps, ms, vs, steps = lean
         grads = [p.grad for p in ps]
         if any(gr is None for gr in grads):   # a parameter without gradient this step: torch's path skips it
-            super().step()
-            return loss
+            torch.optim.Adam.step(self)
+            return
         g = self.param_groups[0]
         b1, b2 = g["betas"]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(ps, grads, ms, vs, [], steps, amsgrad=False, lr=g["lr"], beta1=b1, beta2=b2,
                            weight_decay=g["weight_decay"], eps=g["eps"], maximize=False)
-        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.nn.kernels import AHEAD, closure_loss, kernel, prefetch_row
+from recsys.nn.kernels import AHEAD, kernel, prefetch_row
+from recsys.nn.step import DirectStep, run_update
 from recsys.tasks.optim import fused_adam
 
 
@@ -174,7 +175,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-class RowwiseAdam(torch.optim.Optimizer):
+class RowwiseAdam(DirectStep, torch.optim.Optimizer):
     """Adam over embedding tables touching only the rows of the batch + fused dense Adam for the other parameters.
 
     Tables get sparse gradients (``nn.Embedding(sparse=True)``); :meth:`attach` adds a forward pre-hook per table
@@ -253,10 +254,9 @@ class RowwiseAdam(torch.optim.Optimizer):
         _catch_up_rows(_np(idx), *self._views(p), upto, g["lr"], self._series.upto(upto), settle)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure_loss(closure)
+    def update(self) -> None:
         if self.dense is not None:
-            self.dense.step()
+            run_update(self.dense)
         self.t += 1
         t, g = self.t, self.param_groups[0]
         lr, (b1, b2), eps = g["lr"], g["betas"], g["eps"]
@@ -273,7 +273,6 @@ class RowwiseAdam(torch.optim.Optimizer):
                 rows, gbuf = self._buffers(p, len(idx))
                 _adam_rows(_np(idx), _np(vals.contiguous()), self._pos[id(p)], rows, gbuf, *self._views(p), t, lr,
                            b1, b2, eps, series, self.catch_up)
-        return loss
 
     @torch.no_grad()
     def flush(self) -> None:
