@@ -163,12 +163,13 @@ SMALL = ["train.epochs=1", "trainer.enable_progress_bar=false", "tracking.log_mo
     ("session", ["model=gru4rec", "data=yoochoose", "model.hidden_size=16", "model.n_sample=64", "model.batch_size=64",
                  "train.optimizer=adagrad", "train.lr=0.05"]),
 ])
-def test_ddp_job_of_each_family_lands_one_run(family, job, shared_data_dir, tmp_path):
+def test_ddp_job_of_each_family_lands_one_run(family, job, tiny_data_dir, tmp_path):
     """Each family trains under 2 gloo ranks and the job logs one FINISHED run (ranking, with pruning, fine-tuning
-    and the dense cache under DDP: the HR test above)."""
+    and the dense cache under DDP: the HR test above, on the whole ml-100k). On the tiny copies of the datasets
+    (tests/tiny_data.py): what is checked here is the job's plumbing, and the whole files took ~2 min a family."""
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "RECSYS_DATA_DIR": str(shared_data_dir), "RECSYS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "RECSYS_DATA_DIR": str(tiny_data_dir), "RECSYS_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("RECSYS_TRACKING_URI", None)
     p = subprocess.run([sys.executable, "run.py", *job, *SMALL, f"hydra.run.dir={tmp_path}/out"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
