@@ -148,9 +148,11 @@ def lean_steps(task: L.LightningModule) -> bool:
     from lightning.pytorch.profilers import PassThroughProfiler
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
+    from recsys.tasks.fit import overrides
+
     t = task.trainer
-    hooked = any(getattr(type(cb), h) is not getattr(Callback, h) for cb in t.callbacks for h in INNER_STEP_HOOKS) \
-        or any(getattr(type(task), h) is not getattr(L.LightningModule, h) for h in INNER_STEP_HOOKS)
+    hooked = any(overrides(cb, Callback, INNER_STEP_HOOKS) for cb in t.callbacks) \
+        or overrides(task, L.LightningModule, INNER_STEP_HOOKS)
     return (type(t.strategy) is SingleDeviceStrategy and type(t.precision_plugin) is Precision
             and isinstance(t.profiler, PassThroughProfiler) and not hooked and not task.automatic_optimization)
 

@@ -106,11 +106,16 @@ STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward"
               "on_before_optimizer_step", "on_before_zero_grad")
 
 
+def overrides(obj: Any, base: type, hooks: Sequence[str]) -> bool:
+    """Whether ``obj`` (an instance or a class) overrides one of ``base``'s ``hooks``."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return any(getattr(cls, h) is not getattr(base, h) for h in hooks)
+
+
 def watches_steps(callback: Callback | type) -> bool:
     """Whether a callback hooks single training steps (overrides a per-batch hook), e.g. pruning re-applying its
     masks or distillation reading each batch; callbacks of epoch boundaries only do not."""
-    cls = callback if isinstance(callback, type) else type(callback)
-    return any(getattr(cls, h) is not getattr(Callback, h) for h in STEP_HOOKS)
+    return overrides(callback, Callback, STEP_HOOKS)
 
 
 def steps_per_call(setting: Any, trainer_cfg: Mapping[str, Any], callbacks: Sequence[Callback]) -> int:

@@ -191,7 +191,7 @@ def fused_adam(params: Iterable[torch.Tensor], **kw: Any) -> torch.optim.Adam:
 
 
 class LeanFusedAdam(DirectStep, torch.optim.Adam):
-    """torch's fused CPU Adam with the per-step Python trimmed: once every parameter has its state, ``step`` calls
+    """torch's fused CPU Adam with the per-step Python trimmed: once every parameter has its state, ``update`` calls
     torch's own kernels (``_foreach_add_`` on the step counts, ``_fused_adam_``) on cached state lists, and
     ``zero_grad`` sets gradients to None directly. The first step, and any setting this path does not cover (several
     param groups, amsgrad, a tensor lr, a non-CPU or mixed-dtype parameter), go through ``torch.optim.Adam.step``.
