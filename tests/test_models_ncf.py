@@ -78,3 +78,41 @@ def test_full_catalogue_blocks_of_any_size_score_alike():
         ref = m.tower_scores(users, w, chunk=16)
         for c in (None, 1, 2, 5):
             torch.testing.assert_close(m.tower_scores(users, w, chunk=c), ref, rtol=1e-5, atol=1e-5)
+
+
+def _cat_path(m, u, i):
+    """NeuMF's logits through the MLP's concatenation (the layer called as a module)."""
+    mlp = m.mlp
+    h = mlp.tower(torch.cat([mlp.user_embedding(u), mlp.item_embedding(i)], dim=-1))
+    return m.predict(torch.cat([m.gmf.vector(u, i), h], dim=-1)).squeeze(-1)
+
+
+def test_training_forward_without_the_concatenation_matches_it():
+    """In training the MLP's first layer is summed over the user and item parts (no concatenation): the same logits and
+    the same gradients of every parameter as the concatenated input, up to float32 rounding."""
+    torch.manual_seed(3)
+    m = NeuMF(30, 50, 8, [32, 16, 8]).train()
+    u, i = torch.randint(0, 30, (64,)), torch.randint(0, 50, (64,))
+    out = {}
+    for name, fn in (("split", lambda: m(u, i)), ("cat", lambda: _cat_path(m, u, i))):
+        m.zero_grad()
+        logits = fn()
+        (logits * torch.linspace(-1, 1, 64)).sum().backward()
+        out[name] = logits.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}
+    torch.testing.assert_close(out["split"][0], out["cat"][0], rtol=1e-5, atol=1e-6)
+    for k, g in out["cat"][1].items():
+        torch.testing.assert_close(out["split"][1][k], g, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_hook_on_the_first_layer_sees_the_concatenated_input():
+    """Pruning and quantization observers hook the layer: it is then called as a module, on the concatenation."""
+    torch.manual_seed(4)
+    m = NeuMF(30, 50, 8, [32, 16, 8]).train()
+    seen = []
+    m.mlp.tower[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    u, i = torch.randint(0, 30, (64,)), torch.randint(0, 50, (64,))
+    m(u, i).sum().backward()
+    m.eval()
+    with torch.no_grad():
+        m(u, i)
+    assert seen == [(64, 32), (64, 32)]

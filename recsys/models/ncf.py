@@ -47,6 +47,36 @@ def _mlp_groups(mlp: "MLP", p: str, out_key: str, offset: int) -> list[UnitGroup
     return groups
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run any forward or backward hook (its own or a global one)."""
+    g = nn.modules.module
+    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks or
+                g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_hooks or
+                g._global_backward_pre_hooks)
+
+
+def _linear_of_parts(lin: nn.Module, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``lin(torch.cat(parts, dim=-1))``; in training, for a plain hook-free ``nn.Linear`` on 2-D parts, as the sum of
+    each part times its columns of the weight, without the concatenation.
+
+    Why (hand-written): the concatenation writes a batch-sized copy of the embeddings in the forward pass and hands
+    its backward's non-contiguous slices to the tables' sparse gradients, which autograd then copies again. NeuMF
+    f=32, MLP 128-64-32 at batch 2048 (ML-1M sizes, dense Adam over kept gradient buffers, 2 threads): a bare
+    training step 5.1 vs 5.4 ms (median of 9 alternating rounds in one process; the sum was faster in 7 of 9); at
+    batch 256 no difference beyond noise. Anything that must see the layer's input (pruning's re-parametrisation,
+    quantization observers: module hooks), a replaced layer (quantized, low-rank) and every inference or export path
+    (eval mode, no grad) keep the concatenation, so exported graphs and measured artifacts are unchanged."""
+    if not (lin.training and torch.is_grad_enabled() and type(lin) is nn.Linear and not _hooked(lin)
+            and all(x.dim() == 2 for x in parts)):
+        return lin(torch.cat(list(parts), dim=-1))
+    w, out, start = lin.weight, lin.bias, 0
+    for x in parts:
+        cols = w[:, start:start + x.shape[1]].t()
+        out = x @ cols if out is None else torch.addmm(out, x, cols)
+        start += x.shape[1]
+    return out
+
+
 def _tower(n_keep: dict[str, int], p: str) -> list[int]:
     return [2 * n_keep[f"{p}user_dims"]] + [v for g, v in n_keep.items() if g.startswith(f"{p}tower.")]
 
@@ -150,7 +180,14 @@ class MLP(nn.Module):
         nn.init.zeros_(self.predict.bias)
 
     def vector(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.tower(torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1))
+        parts = [self.user_embedding(users), self.item_embedding(items)]
+        mods = list(self.tower._modules.values())   # (indexing a Sequential by a slice builds a new one per call)
+        if len(mods) < 2 or type(mods[0]) is not nn.Identity:   # dropout on the concatenation
+            return self.tower(torch.cat(parts, dim=-1))
+        h = _linear_of_parts(mods[1], parts)
+        for m in mods[2:]:
+            h = m(h)
+        return h
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.predict(self.vector(users, items)).squeeze(-1)
