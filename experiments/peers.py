@@ -12,7 +12,8 @@ The pairs run alternately in one process tree (peer, project, peer, project, ...
 * official GRU4Rec ``rsc15_xe_shared_100_best`` / ``yoochoose_xe_shared_best`` on yoochoose-100k train_full -> test
   (conservative ties) vs ``model=gru4rec data=yoochoose`` with every parameter the project has mapped to its key
   (the setting column lists the ones it cannot match).
-* DeepFM (embedding 16, MLP 400-400-400, lr 1e-3 Adam, 4 training negatives) vs RecBole DeepFM on the project's
+* DeepFM (embedding 16, MLP 400-400-400, lr 1e-3 Adam, 4 training negatives, RecBole's Xavier-normal init through
+  ``model.init=xavier_normal``) vs RecBole DeepFM on the project's
   ml-100k rating >= 4 split with the project's side features exported as ``.user`` / ``.item`` fields; quality = AUC /
   logloss pooled over the project's test candidates (positive vs its 99 negatives) for both.
 
@@ -355,12 +356,14 @@ def deepfm_pairs(args: argparse.Namespace, work: Path) -> list[tuple[Side, Side]
     folder = export_ranking(data.split, work / "recbole", "peers_ctr")
     u_fields, i_fields = export_side_features(data.side, work / "recbole", "peers_ctr")
     epochs = args.epochs or (1 if args.quick else 10)
-    setting = f"DeepFM emb 16, MLP 400-400-400, batch 2048, {epochs} ep, ml-100k rating >= 4"
+    setting = f"DeepFM emb 16, MLP 400-400-400, Xavier-normal init, batch 2048, {epochs} ep, ml-100k rating >= 4"
     spec = {"data_path": str(folder.parent), "dataset": folder.name, "candidates": str(folder / "candidates.tsv"),
             "epochs": epochs, "batch_size": 2048, "lr": 1e-3, "num_negatives": 4, "embed_dim": 16,
             "mlp_layers": [400, 400, 400], "user_fields": u_fields, "item_fields": i_fields}
+    # model.init=xavier_normal: RecBole's DeepFM init (Xavier-normal tables and layers, zero biases), so the pair
+    # differs in implementation, not in starting point
     over = ["data=ml-100k-pos4", "model=deepfm", "model.embed_dim=16", "model.mlp_layers=[400,400,400]",
-            "model.dropout=0.0", "train.batch_size=2048", f"train.epochs={epochs}", "train.lr=0.001",
+            "model.dropout=0.0", "model.init=xavier_normal", "train.batch_size=2048", f"train.epochs={epochs}", "train.lr=0.001",
             "train.optimizer=adam", "train.num_negatives=4", "trainer.enable_progress_bar=false", *args.project_override]
     return [(Side("RecBole 1.2.1", setting, args.recbole_python, "recbole-deepfm", spec, "samples/s"),
              Side("project", setting, sys.executable, "project", {"overrides": over}, "samples/s"))]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from recsys.models import build_model
@@ -65,3 +66,24 @@ def test_training_step_lowers_the_loss_and_config_rebuilds_the_model():
     rebuilt = build_model(m.config())
     rebuilt.load_state_dict(m.state_dict())
     torch.testing.assert_close(rebuilt.eval()(users, items), m.eval()(users, items))
+
+
+def test_xavier_normal_init_covers_every_table_and_layer_and_rebuilds():
+    """``model.init=xavier_normal`` (RecBole's DeepFM init): Xavier-normal spread on each table and layer, zero biases,
+    zero padding rows; the choice travels in ``config()``; an unknown name is refused with the key."""
+    torch.manual_seed(0)
+    m = DeepFM([400, 300], bag_dims=[20], bag_len=3, embed_dim=16, mlp_layers=[64, 32], n_dense=2,
+               init="xavier_normal")
+    for name, w in [("embedding", m.embedding.weight), ("linear", m.linear.weight),
+                    ("bag_embedding", m.bag_embedding.weight[1:]), ("mlp.0", m.mlp[0].weight),
+                    ("predict", m.predict.weight)]:
+        fan_out, fan_in = w.shape if name != "bag_embedding" else (w.shape[0] + 1, w.shape[1])
+        expect = (2.0 / (fan_in + fan_out)) ** 0.5
+        assert abs(w.std().item() / expect - 1) < 0.25, name
+    assert float(m.mlp[0].bias.abs().sum()) == 0 and float(m.predict.bias.abs().sum()) == 0
+    assert float(m.bag_embedding.weight[0].abs().sum()) == 0 and float(m.bag_linear.weight[0].abs().sum()) == 0
+    default = DeepFM([400, 300], embed_dim=16, mlp_layers=[64, 32])
+    assert float(default.linear.weight.abs().sum()) == 0 and float(m.linear.weight.abs().sum()) > 0
+    assert build_model(m.config()).init == "xavier_normal" and default.config()["init"] == "default"
+    with pytest.raises(ValueError, match="model.init must be one of"):
+        DeepFM([4], init="recbole")

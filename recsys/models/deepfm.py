@@ -25,6 +25,11 @@ from torch import nn
 
 from recsys.models.base import UnitGroup, unit_slice
 
+# ``model.init``. default: N(0, 0.01) field embeddings, zero first-order weights, Xavier-uniform MLP layers, torch's
+# default output layer. xavier_normal: Xavier-normal on every table and layer, zero biases: RecBole's DeepFM init,
+# for a like-for-like side-by-side (experiments/peers.py).
+INITS = ("default", "xavier_normal")
+
 
 def _ints(name: str, values: Sequence[int], allow_empty: bool = True) -> list[int]:
     out = [int(v) for v in values]
@@ -40,8 +45,11 @@ class DeepFM(nn.Module):
 
     def __init__(self, field_dims: Sequence[int], n_dense: int = 0, bag_dims: Sequence[int] = (), bag_len: int = 0,
                  embed_dim: int = 16, mlp_layers: Sequence[int] = (400, 400, 400), dropout: float = 0.0,
-                 n_users: int = 0, n_items: int = 0, n_user_fields: int = 0) -> None:
+                 n_users: int = 0, n_items: int = 0, n_user_fields: int = 0, init: str = "default") -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"model.init must be one of {list(INITS)}, got {init!r}")
+        self.init = init
         self.field_dims = _ints("field_dims", field_dims)
         self.bag_dims = _ints("bag_dims", bag_dims)
         self.n_dense, self.bag_len, self.embed_dim = int(n_dense), int(bag_len), int(embed_dim)
@@ -89,11 +97,28 @@ class DeepFM(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        if init == "xavier_normal":
+            self._xavier_normal()
         # user-item mode: side-feature tables (integer data, not parameters; saved with the weights)
         if self.n_users:
             self.register_buffer("user_table", torch.zeros(self.n_users, self.n_user_fields, dtype=torch.long))
             self.register_buffer("item_table", torch.zeros(self.n_items, n_cat - self.n_user_fields, dtype=torch.long))
             self.register_buffer("item_bags", torch.zeros(self.n_items, n_bag, self.bag_len, dtype=torch.long))
+
+    @torch.no_grad()
+    def _xavier_normal(self) -> None:
+        for w in (self.embedding.weight, self.linear.weight, self.dense_embedding,
+                  *(t.weight for t in (self.bag_embedding, self.bag_linear) if t is not None)):
+            if w is not None:
+                nn.init.xavier_normal_(w)
+        for m in (*self.mlp, self.predict, self.dense_linear):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for t in (self.bag_embedding, self.bag_linear):   # the padding id stays a zero vector
+            if t is not None:
+                t.weight[0].zero_()
 
     # ------------------------------------------------------------------------------------------------- features
     def lookup(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -153,7 +178,7 @@ class DeepFM(nn.Module):
         return {"_target_": "recsys.models.deepfm.DeepFM", "field_dims": self.field_dims, "n_dense": self.n_dense,
                 "bag_dims": self.bag_dims, "bag_len": self.bag_len, "embed_dim": self.embed_dim,
                 "mlp_layers": self.mlp_layers, "dropout": self.dropout, "n_users": self.n_users,
-                "n_items": self.n_items, "n_user_fields": self.n_user_fields}
+                "n_items": self.n_items, "n_user_fields": self.n_user_fields, "init": self.init}
 
     # ------------------------------------------------------------------------------------ compression contract
     QUANT_KINDS = ("embeddings", "linear")   # quant.targets this model has modules of
