@@ -116,3 +116,59 @@ def test_a_hook_on_the_first_layer_sees_the_concatenated_input():
     with torch.no_grad():
         m(u, i)
     assert seen == [(64, 32), (64, 32)]
+
+
+def _autograd_bce(m, u, i, y):
+    """Loss and every parameter's gradient by autograd (tables' gradients dense)."""
+    m.zero_grad()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(m(u, i), y)
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("layers", [[16], [32, 16, 8], [24, 12]])
+def test_hand_written_bce_gradients_equal_autograds(layers):
+    """NeuMF.bce_gradients: the loss, the dense layers' gradients and the tables' row gradients (repeated ids summed)
+    of autograd on forward, for one-, two- and three-layer towers."""
+    torch.manual_seed(5)
+    m = NeuMF(30, 50, 8, layers).train()
+    u = torch.cat([torch.randint(0, 30, (60,)), torch.full((4,), 3)])    # user 3 repeated
+    i = torch.randint(0, 50, (64,))
+    y = (torch.rand(64) < 0.3).float()
+    loss_ref, ref = _autograd_bce(m, u, i, y)
+    m.zero_grad(set_to_none=True)
+    loss, rows = m.bce_gradients(u, i, y)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-7)
+    names = {id(p): k for k, p in m.named_parameters()}
+    tables = {names[id(p)] for p, _, _ in rows}
+    assert tables == {"gmf.user_embedding.weight", "gmf.item_embedding.weight", "mlp.user_embedding.weight",
+                      "mlp.item_embedding.weight"}
+    for p, ids, vals in rows:
+        assert p.grad is None and vals.shape == (64, p.shape[1])
+        torch.testing.assert_close(torch.zeros_like(p).index_add_(0, ids, vals), ref[names[id(p)]],
+                                   rtol=1e-5, atol=1e-7, msg=names[id(p)])
+    for k, p in m.named_parameters():
+        if k not in tables:
+            torch.testing.assert_close(p.grad, ref[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_hand_written_bce_gradients_step_aside_for_what_they_do_not_cover():
+    """Dropout, a pruned (hooked) layer, a replaced layer, a frozen parameter or a hook on the model: None, and no
+    gradient set (the training step then takes autograd's path)."""
+    from torch.nn.utils import prune
+
+    u, i, y = torch.randint(0, 30, (16,)), torch.randint(0, 50, (16,)), torch.ones(16)
+    torch.manual_seed(6)
+    assert NeuMF(30, 50, 8, [32, 16, 8]).bce_gradients(u, i, y) is not None
+    changes = {
+        "dropout": lambda m: NeuMF(30, 50, 8, [32, 16, 8], dropout=0.2),
+        "pruned": lambda m: prune.l1_unstructured(m.mlp.tower[1], "weight", amount=0.5) and m,
+        "replaced": lambda m: setattr(m.mlp.tower, "4", torch.nn.Sequential(torch.nn.Linear(16, 8))) or m,
+        "frozen": lambda m: m.gmf.user_embedding.weight.requires_grad_(False) is None or m,
+        "hooked": lambda m: m.register_forward_hook(lambda *a: None) and m,
+        "embedding padding": lambda m: setattr(m.gmf.item_embedding, "padding_idx", 0) or m,
+    }
+    for name, change in changes.items():
+        m = change(NeuMF(30, 50, 8, [32, 16, 8]))
+        assert m.bce_gradients(u, i, y) is None, name
+        assert all(p.grad is None for p in m.parameters()), name

@@ -238,3 +238,33 @@ def test_lean_fused_adam_takes_torch_fused_adams_exact_steps():
     for p, q in zip(a.parameters(), b.parameters()):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt_a.state[p][key], opt_b.state[q][key]), key
+
+
+def test_neumf_fit_with_scatter_adam_takes_the_hand_written_steps_and_autograds_weights(tmp_path):
+    """Under ScatterAdam each NeuMF training step comes from NeuMF.bce_gradients (counted), and the fit ends with the
+    weights autograd's steps give (RankingTask.hand_gradients=False), bit for bit; with a loss term added (as
+    distillation adds one) the step goes back to autograd."""
+    from recsys.data.datamodule import RankingDataModule
+    from recsys.tasks.fit import fit
+    from recsys.tasks.ranking import RankingTask
+
+    split = _tiny_split()
+    weights, calls = {}, {}
+    for name in ("hand", "autograd", "extra loss"):
+        torch.manual_seed(0)
+        model = NeuMF(split.n_users, split.n_items, factors=8, mlp_layers=[16, 8])
+        counted = model.bce_gradients
+        calls[name] = []
+        model.bce_gradients = lambda *a, _c=calls[name], _f=counted: _c.append(1) or _f(*a)
+        task = RankingTask(model, lr=0.01, stage="dense", sparse="scatter")
+        task.hand_gradients = name != "autograd"
+        if name == "extra loss":
+            task.extra_losses.append(lambda t, batch, out: 0.0 * out.sum())
+        dm = RankingDataModule(split, batch_size=128, num_negatives=4, seed=0, eval_batch_users=256)
+        fit(task, dm, 2, {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"},
+            ckpt_dir=str(tmp_path / name), monitor="dense/epoch_val_hr_at_10")
+        weights[name] = model.state_dict()
+        steps = task.trainer.global_step
+    assert len(calls["hand"]) == steps > 0 and not calls["autograd"] and not calls["extra loss"], (calls, steps)
+    for k, v in weights["autograd"].items():
+        assert torch.equal(weights["hand"][k], v), k

@@ -274,6 +274,88 @@ class NeuMF(nn.Module):
         g = torch.addmm(self.predict.bias, self.gmf.user_embedding(users) * w_g, self.gmf.item_embedding.weight.T)
         return g + self.mlp.tower_scores(users, w_m)
 
+    def _plain_tower(self) -> list[nn.Linear] | None:
+        """The MLP tower's Linear layers where the model is exactly as built (plain tables, [Identity, Linear, ReLU]
+        blocks, a plain output layer, no hook on any module, every parameter a trainable float32 leaf): the structure
+        :meth:`bce_gradients` covers. None otherwise (pruned, quantized, low-rank, dropout, frozen or hooked parts)."""
+        mods = list(self.mlp.tower._modules.values())
+        if len(mods) % 3 or any(_hooked(m) for m in self.modules()):
+            return None
+        for e in (self.gmf.user_embedding, self.gmf.item_embedding, self.mlp.user_embedding, self.mlp.item_embedding):
+            if type(e) is not nn.Embedding or e.padding_idx is not None or e.max_norm is not None or \
+                    e.scale_grad_by_freq:
+                return None
+        lins = mods[1::3]
+        if any(type(d) is not nn.Identity for d in mods[0::3]) or any(type(a) is not nn.ReLU for a in mods[2::3]) or \
+                any(type(m) is not nn.Linear or m.bias is None for m in [*lins, self.predict]):
+            return None
+        if any(type(p) is not nn.Parameter or not p.requires_grad or p.dtype != torch.float32
+               for p in self.parameters()):
+            return None
+        return lins
+
+    @torch.no_grad()
+    def bce_gradients(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]] | None:
+        """One training step's gradients of the mean binary cross-entropy of ``forward(users, items)`` against
+        ``labels``, written out: sets ``.grad`` of the tower and output layers and returns ``(loss, rows)``, ``rows``
+        = ``(table weight, row ids, gradient rows)`` for the four embedding tables (an id repeated in the batch has
+        one gradient row per occurrence, to be summed in order). None, with nothing set, where the model is not the
+        structure this covers (:meth:`_plain_tower`); the caller then takes the autograd path.
+
+        The operators autograd runs for :meth:`forward` in training (the first tower layer summed over its user and
+        item columns), in the same order: a fit ends with autograd's weights bit for bit here (held by a test).
+
+        Why (hand-written): autograd adds view, slice and accumulation nodes and the engine's bookkeeping to each
+        step, and hands the tables' gradients over as sparse tensors that the optimizer copies again; the rows here
+        go straight to :meth:`recsys.tasks.optim.ScatterAdam.update_rows`. NeuMF f=32, MLP 128-64-32, ML-1M batches
+        of 2048, 2 threads, ScatterAdam: a bare step 3.79 vs 4.49 ms and 3.76 vs 4.20 ms (two runs, median of 7
+        alternating rounds each, noisy machine); the training stage's epoch 7.9 vs 9.5 s (mean of 3 alternating
+        one-epoch runs), the same test HR@10."""
+        lins = self._plain_tower()
+        if lins is None:
+            return None
+        users, items = users.long(), items.long()
+        gu, gi = self.gmf.user_embedding.weight, self.gmf.item_embedding.weight
+        mu, mi = self.mlp.user_embedding.weight, self.mlp.item_embedding.weight
+        ug, ig, um, im = gu.index_select(0, users), gi.index_select(0, items), mu.index_select(0, users), \
+            mi.index_select(0, items)
+        e, f = mu.shape[1], gu.shape[1]
+        if lins:
+            w1 = lins[0].weight
+            h = torch.addmm(lins[0].bias, um, w1[:, :e].t()).addmm_(im, w1[:, e:].t()).relu_()
+        else:   # model.mlp_layers of one size: the MLP branch is the concatenated embeddings
+            h = torch.cat([um, im], dim=1)
+        hs = [h]
+        for lin in lins[1:]:
+            h = torch.addmm(lin.bias, h, lin.weight.t()).relu_()
+            hs.append(h)
+        g = ug * ig
+        x = torch.cat([g, h], dim=1)
+        z = torch.addmm(self.predict.bias, x, self.predict.weight.t()).squeeze(-1)
+        loss = nn.functional.binary_cross_entropy_with_logits(z, labels)
+        dz = torch.sigmoid(z).sub_(labels).div_(len(z))   # d loss / d z
+        self.predict.weight.grad = (dz[None] @ x)
+        self.predict.bias.grad = dz.sum().reshape(1)
+        dx = dz[:, None] * self.predict.weight
+        dg, dh = dx[:, :f], dx[:, f:]
+        for k in range(len(lins) - 1, -1, -1):
+            dh = torch.ops.aten.threshold_backward(dh, hs[k], 0)   # ReLU's backward, as autograd computes it
+            lins[k].bias.grad = dh.sum(0)
+            if k:
+                lins[k].weight.grad = dh.t() @ hs[k - 1]
+                dh = dh @ lins[k].weight
+        if lins:
+            dht = dh.t()
+            w1g = torch.empty_like(w1)
+            torch.mm(dht, um, out=w1g[:, :e])
+            torch.mm(dht, im, out=w1g[:, e:])
+            lins[0].weight.grad = w1g
+            dum, dim = dh @ w1[:, :e], dh @ w1[:, e:]
+        else:
+            dum, dim = dh[:, :e], dh[:, e:]
+        return loss, [(gu, users, dg * ig), (gi, items, dg * ug), (mu, users, dum), (mi, items, dim)]
+
     @torch.no_grad()
     def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> None:
         """Initialise from trained GMF and MLP as in the paper: copy both branches, output layer = [a*h_gmf, (1-a)*h_mlp]."""

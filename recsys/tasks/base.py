@@ -96,10 +96,32 @@ class TrainableTask(L.LightningModule):
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
-        part, acc = loss.detach() * n, self._epoch_loss
+        return self._count_loss(loss.detach(), n)
+
+    def rows_step_update(self, opt: Any) -> Any:
+        """``opt``'s ``update_rows`` (see :meth:`rows_step`) where a step may take hand-written gradients: lean
+        steps (:func:`lean_steps`: no hook expects backward or the wrapped step), no extra loss term, an optimizer
+        with ``update_rows`` and no step hook on it. None otherwise."""
+        if not self._lean or self.extra_losses:
+            return None
+        raw = opt.optimizer
+        update = getattr(raw, "update_rows", None)
+        return update if update is not None and direct_step(raw) == raw.update else None
+
+    def rows_step(self, opt: Any, loss: torch.Tensor, update_rows: Any, rows: Any, n: int) -> torch.Tensor:
+        """:meth:`manual_step` for gradients already computed (dense ones in ``.grad``, the tables' as ``rows``):
+        the step through ``update_rows`` (from :meth:`rows_step_update`; ``opt``: ``self.optimizers()``), counted as
+        Lightning counts it."""
+        opt._on_before_step()
+        update_rows(rows)
+        opt._on_after_step()
+        return self._count_loss(loss, n)
+
+    def _count_loss(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        part, acc = loss * n, self._epoch_loss
         acc[0] = part if acc[0] is None else acc[0] + part
         acc[1] += n
-        return loss.detach()
+        return loss
 
     def _log_epoch_loss(self) -> None:
         total, n = self._epoch_loss

@@ -122,17 +122,26 @@ class ScatterAdam(DirectStep, torch.optim.Optimizer):
 
     @torch.no_grad()
     def update(self) -> None:
-        for idx, buf in self._written:
-            _scatter_rows(idx, buf, buf, True)
-        self._written = []
+        rows = []
         for p in self.tables:
             g = p.grad
             if g is None or not g.is_sparse:   # no lookup this step (Adam still moves the rows) or a dense gradient
                 continue
+            rows.append((p, g._indices()[0], g._values()))
+        self.update_rows(rows)
+
+    @torch.no_grad()
+    def update_rows(self, rows: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """One step with the tables' gradients given as ``(table, row ids, gradient rows)`` (a repeated id's rows
+        summed in order), e.g. by a model's hand-written gradient (``NeuMF.bce_gradients``); the other parameters'
+        ``.grad`` as they are. A table not listed keeps its ``.grad``."""
+        for idx, buf in self._written:
+            _scatter_rows(idx, buf, buf, True)
+        self._written = []
+        for p, ids, vals in rows:
             buf = self._bufs[id(p)]
-            idx, vals = g._indices()[0].numpy(), g._values().contiguous().numpy()
-            b = buf.numpy()
-            _scatter_rows(idx, vals, b, False)
+            idx, b = ids.numpy(), buf.numpy()
+            _scatter_rows(idx, vals.contiguous().numpy(), b, False)
             self._written.append((idx, b))
             p.grad = buf
         run_update(self.inner)

@@ -29,6 +29,9 @@ class RankingTask(TrainableTask):
         super().__init__(model, lr, optimizer, weight_decay, stage, sparse=sparse)
         self.topk = topk
         self.loss_fn = nn.BCEWithLogitsLoss()
+        # A model's hand-written gradient of this loss (NeuMF.bce_gradients) takes the step where it covers the model
+        # and the optimizer takes row gradients (ScatterAdam); False: always autograd (for comparisons)
+        self.hand_gradients = True
         self._val_ranks: list[torch.Tensor] = []
         # Manual optimization: the step is zero_grad / backward / step written out below. Lightning's automatic loop
         # (closure, result collection) cost ~1-1.5 ms per step, ~45 % on top of a fused-Adam NeuMF step at batch 256;
@@ -37,11 +40,26 @@ class RankingTask(TrainableTask):
         # own gradient clipping / accumulation (trainer.gradient_clip_val, accumulate_grad_batches) do not apply.
         self.automatic_optimization = False
 
+    @property
+    def _plain_bce(self) -> bool:
+        """``loss_fn`` is still the mean BCE-with-logits a model's ``bce_gradients`` computes."""
+        f = self.loss_fn
+        return type(f) is nn.BCEWithLogitsLoss and f.reduction == "mean" and f.weight is None and f.pos_weight is None
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.model(users, items)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         users, items, labels = batch[:3]
+        grads = getattr(self.model, "bce_gradients", None)
+        if grads is not None and self.hand_gradients and self._plain_bce:
+            opt = self.optimizers()
+            update_rows = self.rows_step_update(opt)
+            if update_rows is not None:
+                opt.optimizer.zero_grad()
+                got = grads(users, items, labels)   # None where the model is not (or no longer) the plain structure
+                if got is not None:
+                    return self.rows_step(opt, got[0], update_rows, got[1], len(users))
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)
         return self.manual_step(self.add_extra_losses(loss, batch, logits), len(users))
