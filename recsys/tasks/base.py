@@ -98,22 +98,21 @@ class TrainableTask(L.LightningModule):
             opt.step()
         return self._count_loss(loss.detach(), n)
 
-    def rows_step_update(self, opt: Any) -> Any:
-        """``opt``'s ``update_rows`` (see :meth:`rows_step`) where a step may take hand-written gradients: lean
-        steps (:func:`lean_steps`: no hook expects backward or the wrapped step), no extra loss term, an optimizer
-        with ``update_rows`` and no step hook on it. None otherwise."""
+    def takes_rows(self, opt: Any) -> bool:
+        """Whether a step may take hand-written gradients through ``opt``'s ``update_rows`` (:meth:`rows_step`):
+        lean steps (:func:`lean_steps`: no hook expects backward or the wrapped step), no extra loss term, an
+        optimizer with ``update_rows`` and no step hook on it. ``opt``: ``self.optimizers()``."""
         if not self._lean or self.extra_losses:
-            return None
+            return False
         raw = opt.optimizer
-        update = getattr(raw, "update_rows", None)
-        return update if update is not None and direct_step(raw) == raw.update else None
+        return hasattr(raw, "update_rows") and direct_step(raw) == raw.update
 
-    def rows_step(self, opt: Any, loss: torch.Tensor, update_rows: Any, rows: Any, n: int) -> torch.Tensor:
+    def rows_step(self, opt: Any, loss: torch.Tensor, rows: Any, n: int) -> torch.Tensor:
         """:meth:`manual_step` for gradients already computed (dense ones in ``.grad``, the tables' as ``rows``):
-        the step through ``update_rows`` (from :meth:`rows_step_update`; ``opt``: ``self.optimizers()``), counted as
-        Lightning counts it."""
+        the step through the optimizer's ``update_rows`` (where :meth:`takes_rows`), counted as Lightning counts
+        it."""
         opt._on_before_step()
-        update_rows(rows)
+        opt.optimizer.update_rows(rows)
         opt._on_after_step()
         return self._count_loss(loss, n)
 

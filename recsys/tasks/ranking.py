@@ -54,12 +54,11 @@ class RankingTask(TrainableTask):
         grads = getattr(self.model, "bce_gradients", None)
         if grads is not None and self.hand_gradients and self._plain_bce:
             opt = self.optimizers()
-            update_rows = self.rows_step_update(opt)
-            if update_rows is not None:
+            if self.takes_rows(opt):
                 opt.optimizer.zero_grad()
                 got = grads(users, items, labels)   # None where the model is not (or no longer) the plain structure
                 if got is not None:
-                    return self.rows_step(opt, got[0], update_rows, got[1], len(users))
+                    return self.rows_step(opt, got[0], got[1], len(users))
         logits = self.model(users, items)
         loss = self.loss_fn(logits, labels)
         return self.manual_step(self.add_extra_losses(loss, batch, logits), len(users))
