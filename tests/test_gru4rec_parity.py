@@ -260,3 +260,137 @@ def test_fused_train_scores_match_the_unfused_step_and_touch_the_official_rows()
     torch.testing.assert_close(gw.to_dense(), plain.out.weight.grad)
     torch.testing.assert_close(gb.to_dense(), plain.out.bias.grad)
     torch.testing.assert_close(fused.gru.weight_hh_l0.grad, plain.gru.weight_hh_l0.grad)
+
+
+def _official_like(n_items: int = 12, hidden: int = 5, **kw) -> GRU4Rec:
+    spec = {"init": "official", "sparse_items": True, "dropout_p_hidden": 0.3, "carry_dropout": True, **kw}
+    return GRU4Rec(n_items, hidden_size=hidden, **spec).train()
+
+
+def _autograd_step(model, items, state, cand, offsets, mask, sum_over, eps, logq=0.0, log_pop=None):
+    b = len(items)
+    h, hidden, scores = model.train_scores(items, state, cand)
+    loss = sampled_loss(model, h, cand[:b], cand[b:], "cross-entropy", 0.0, logq, log_pop, offsets=offsets,
+                        mask_duplicates=mask, sum_over=sum_over, scores=scores, xe_eps=eps)
+    loss.backward()
+    return loss.detach(), hidden.detach()
+
+
+@pytest.mark.parametrize("kw,mask,sum_over,eps,offsets", [
+    ({}, False, 4, 1e-24, "official"),                            # the presets' settings
+    ({"dropout_p_hidden": 0.0}, True, None, 0.0, None),           # exact -log p, mean, duplicates masked
+    ({"carry_dropout": False}, True, None, 0.0, "pop"),           # dropped state not carried; pop-form logQ
+    ({"dropout_p_hidden": 0.5}, False, 8, 0.5, "official"),       # an eps that changes the row weights
+])
+def test_hand_written_xe_gradients_equal_autograds(kw, mask, sum_over, eps, offsets):
+    """GRU4Rec.xe_gradients gives autograd's loss and new state bit for bit (same dropout mask) and its GRU and item
+    row gradients to rounding; the rows are the distinct inputs and candidates for the table, candidates for the bias."""
+    torch.manual_seed(0)
+    ref, hand = _official_like(**kw), _official_like(**kw)
+    hand.load_state_dict(ref.state_dict())
+    items, cand = torch.tensor([7, 2, 2, 5]), torch.tensor([3, 4, 3, 7, 1, 4, 9, 3, 0])
+    state = torch.randn(1, 4, 5)
+    log_pop = torch.log(torch.rand(12) + 0.1)
+    off = {"official": -torch.log(torch.arange(1.0, 10.0)), "pop": -0.7 * log_pop[cand], None: None}[offsets]
+    torch.manual_seed(1)
+    loss0, hid0 = _autograd_step(ref, items, state, cand, off, mask, sum_over, eps)
+    torch.manual_seed(1)
+    loss1, hid1, rows = hand.xe_gradients(items, state, cand, off, mask, sum_over, eps)
+    assert torch.equal(hid1, hid0)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        torch.testing.assert_close(getattr(hand.gru, name).grad, getattr(ref.gru, name).grad, rtol=1e-5, atol=1e-7)
+    (tw, iw, vw), (tb, ib, vb) = rows
+    assert tw is hand.out.weight and tb is hand.out.bias and hand.out.weight.grad is None
+    gw, gb = ref.out.weight.grad.coalesce(), ref.out.bias.grad.coalesce()
+    assert iw.tolist() == gw.indices()[0].tolist() == [0, 1, 2, 3, 4, 5, 7, 9]
+    assert ib.tolist() == gb.indices()[0].tolist() == [0, 1, 3, 4, 7, 9]
+    torch.testing.assert_close(vw, gw.values(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(vb, gb.values(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("change", ["eval", "layers", "elu", "embed dropout", "dense table", "unconstrained", "pruned",
+                                    "hook", "frozen", "replaced gru"])
+def test_hand_written_xe_gradients_decline_what_they_do_not_cover(change):
+    """Where the model is not the plain structure (eval, 2 layers, ELU, input dropout, a dense or separate item table,
+    a pruned weight, a hook, a frozen parameter, a replaced GRU), xe_gradients returns None and sets no gradient."""
+    kw = {"layers": {"layers": 2}, "elu": {"elu_param": 0.5}, "embed dropout": {"dropout_p_embed": 0.2},
+          "dense table": {"sparse_items": False}, "unconstrained": {"constrained_embedding": False}}.get(change, {})
+    model = _official_like(**kw)
+    if change == "eval":
+        model.eval()
+    elif change == "pruned":
+        torch.nn.utils.prune.l1_unstructured(model.gru, "weight_hh_l0", 0.5)
+    elif change == "hook":
+        model.out.register_forward_hook(lambda *a: None)
+    elif change == "frozen":
+        model.out.bias.requires_grad_(False)
+    elif change == "replaced gru":
+        model.gru.__class__ = type("MyGRU", (torch.nn.GRU,), {})
+    state = torch.zeros(model.layers, 2, 5)
+    assert model.xe_gradients(torch.tensor([1, 2]), state, torch.tensor([3, 4, 5])) is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.2])
+def test_adagradm_update_rows_is_the_sparse_update(momentum):
+    """AdagradM.update_rows with (table, rows, values) makes the step update() makes from the same rows as a sparse
+    gradient, bit for bit; the dense parameters' .grad are stepped alike."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(6, 3)), torch.nn.Parameter(torch.randn(4))
+    a2, b2 = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    opt, opt2 = AdagradM([a, b], lr=0.1, momentum=momentum), AdagradM([a2, b2], lr=0.1, momentum=momentum)
+    for step in range(3):
+        idx, v, gb = torch.tensor([0, 2, 5]) + step % 2 * torch.tensor([0, 1, 0]), torch.randn(3, 3), torch.randn(4)
+        a.grad, b.grad = torch.sparse_coo_tensor(idx[None], v, (6, 3)), gb
+        opt.update()
+        b2.grad = gb.clone()
+        opt2.update_rows([(a2, idx, v)])
+        assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+def _random_session_data(n_items: int = 30, n_sessions: int = 120, seed: int = 0):
+    from recsys.data.sessions import SessionData
+
+    rng = np.random.default_rng(seed)
+
+    def sessions(n: int) -> Sessions:
+        lengths = rng.integers(2, 7, n)
+        offsets = np.r_[0, np.cumsum(lengths)]
+        items = (rng.zipf(1.5, offsets[-1]) - 1) % n_items   # popular items repeat, as in click logs
+        return Sessions(offsets, items, np.ones(offsets[-1], dtype=bool), rng.random(n))
+
+    return SessionData("toy", "-", n_items, np.arange(n_items), sessions(n_sessions), sessions(20), sessions(20))
+
+
+def test_session_fit_takes_the_hand_written_steps_and_ends_near_autograds_weights(tmp_path):
+    """A fit of the presets' settings (adagradm, sparse rows, carried dropout, official logQ, xe_eps, drained
+    epochs) calls GRU4Rec.xe_gradients on every step (trainer.global_step of them) and ends with autograd's weights
+    to rounding (SessionTask.hand_gradients=False); an added loss term (distillation) or bpr-max goes back to
+    autograd."""
+    from recsys.data.session_datamodule import SessionDataModule
+    from recsys.tasks.fit import fit
+
+    data = _random_session_data()
+    weights, calls, steps = {}, {}, {}
+    for name in ("hand", "autograd", "extra loss", "bpr-max"):
+        torch.manual_seed(0)
+        model = _official_like(30, 8, dropout_p_hidden=0.2)
+        counted = model.xe_gradients
+        calls[name] = []
+        model.xe_gradients = lambda *a, _c=calls[name], _f=counted: _c.append(1) or _f(*a)
+        task = SessionTask(model, lr=0.07, optimizer="adagradm", item_counts=data.item_counts(), logq=1.0,
+                           logq_form="official", sample_alpha=0.2, mask_duplicates=False, loss_norm="batch_size",
+                           batch_size=4, xe_eps=1e-24, loss="bpr-max" if name == "bpr-max" else "cross-entropy")
+        task.hand_gradients = name != "autograd"
+        if name == "extra loss":
+            task.extra_losses.append(lambda t, batch, out: 0.0 * out.sum())
+        dm = SessionDataModule(data, 4, 6, 0.2, seed=0, order="time", epoch_end="drain")
+        fit(task, dm, 2, {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"},
+            ckpt_dir=str(tmp_path / name), monitor="dense/epoch_val_recall_at_20", select_best=False)
+        weights[name], steps[name] = model.state_dict(), task.trainer.global_step
+    assert len(calls["hand"]) == steps["hand"] > 100, (calls["hand"], steps)
+    assert not calls["autograd"] and not calls["extra loss"] and not calls["bpr-max"]
+    for k, v in weights["autograd"].items():
+        torch.testing.assert_close(weights["hand"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        assert not torch.equal(weights["hand"][k], weights["bpr-max"][k]), k

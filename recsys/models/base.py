@@ -101,6 +101,25 @@ class SessionModel(Protocol):
     def score_next(self, items: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
 
 
+def global_hooks() -> bool:
+    """Whether a global module hook (forward or backward) is registered: it runs on every module call."""
+    g = torch.nn.modules.module
+    return bool(g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_hooks or
+                g._global_backward_pre_hooks)
+
+
+def own_hooks(m: torch.nn.Module) -> bool:
+    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def plain_params(*mods: torch.nn.Module) -> bool:
+    """Whether none of ``mods`` has a hook of its own and each parameter it holds directly is a trainable float32
+    ``nn.Parameter`` leaf (not a pruning re-parametrisation, a frozen or a low-precision one): what the models'
+    hand-written training steps (``NeuMF.bce_gradients``, ``GRU4Rec.xe_gradients``) require of the modules they read."""
+    return not any(own_hooks(m) or any(type(p) is not torch.nn.Parameter or not p.requires_grad or p.dtype != torch.float32
+                                        for p in m._parameters.values()) for m in mods)
+
+
 def structured_support(model: Any) -> bool:
     """Whether ``model`` (an instance or a class) implements the structured-pruning part of the contract."""
     return all(callable(getattr(model, m, None)) for m in ("unit_groups", "resized", "unit_counts"))

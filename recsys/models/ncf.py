@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys.models.base import UnitGroup, unit_slice
+from recsys.models.base import UnitGroup, global_hooks, own_hooks, plain_params, unit_slice
 
 # Structured-pruning couplings (written by hand rather than with a dependency-graph library: the result must be rebuilt
 # from ``config()``): GMF's user and item tables are multiplied element-wise (a factor goes from both), MLP's first
@@ -47,20 +47,9 @@ def _mlp_groups(mlp: "MLP", p: str, out_key: str, offset: int) -> list[UnitGroup
     return groups
 
 
-def _global_hooks() -> bool:
-    """Whether a global module hook (forward or backward) is registered: it runs on every module call."""
-    g = nn.modules.module
-    return bool(g._global_forward_pre_hooks or g._global_forward_hooks or g._global_backward_hooks or
-                g._global_backward_pre_hooks)
-
-
-def _own_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
 def _hooked(m: nn.Module) -> bool:
     """Whether calling ``m`` would run any forward or backward hook (its own or a global one)."""
-    return _own_hooks(m) or _global_hooks()
+    return own_hooks(m) or global_hooks()
 
 
 def _linear_of_parts(lin: nn.Module, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -290,13 +279,11 @@ class NeuMF(nn.Module):
         calls directly instead of walking ``modules()``, and the global hooks once (~80 -> ~40 us a call, NeuMF
         128-64-32)."""
         mods = list(self.mlp.tower._modules.values())
-        if len(mods) % 3 or _global_hooks():
+        if len(mods) % 3 or global_hooks():
             return None
         tables = (self.gmf.user_embedding, self.gmf.item_embedding, self.mlp.user_embedding, self.mlp.item_embedding)
-        for m in (self, self.gmf, self.mlp, self.mlp.tower, *tables, *mods, self.predict):
-            if _own_hooks(m) or any(type(p) is not nn.Parameter or not p.requires_grad or p.dtype != torch.float32
-                                    for p in m._parameters.values()):
-                return None
+        if not plain_params(self, self.gmf, self.mlp, self.mlp.tower, *tables, *mods, self.predict):
+            return None
         for e in tables:
             if type(e) is not nn.Embedding or e.padding_idx is not None or e.max_norm is not None or \
                     e.scale_grad_by_freq:

@@ -131,6 +131,14 @@ class AdagradM(DirectStep, torch.optim.Optimizer):
         self._fits = {}
         super().load_state_dict(state_dict)
 
+    def _state(self, p: torch.Tensor, mom: float) -> dict:
+        state = self.state[p]
+        if not state:
+            state["acc"] = torch.zeros_like(p)
+            if mom > 0:
+                state["mom"] = torch.zeros_like(p)
+        return state
+
     @torch.no_grad()
     def update(self) -> None:
         """One step (``step(closure)`` runs the closure first: :class:`~recsys.nn.step.DirectStep`)."""
@@ -139,40 +147,65 @@ class AdagradM(DirectStep, torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["acc"] = torch.zeros_like(p)
-                    if mom > 0:
-                        state["mom"] = torch.zeros_like(p)
                 g = p.grad
                 if g.is_sparse:
                     idx, v = g._indices()[0], g._values()
                     if len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all()):   # not rows in ascending order, once
                         g = g.coalesce()   # each (autograd drops the coalesced flag of GRU4Rec's row gradients)
                         idx, v = g.indices()[0], g.values()
-                    if self.kernels and p.dim() <= 2 and self._kernels_fit(p, state):
-                        # a 1-D table (GRU4Rec's item bias) as (n, 1) rows: the same kernel instead of ~8 torch ops
-                        # (py-spy, 480 units: the torch path of the bias was ~4 % of a step)
-                        m = _as_rows(state["mom"]) if mom > 0 else torch.empty(0, 0, dtype=p.dtype).numpy()
-                        _rows_kernel(idx.numpy(), _as_rows(v.detach().contiguous()), _as_rows(p.data),
-                                     _as_rows(state["acc"]), m, lr, mom, eps)
-                        continue
-                    acc = state["acc"].index_select(0, idx).addcmul_(v, v)
-                    state["acc"].index_copy_(0, idx, acc)
-                    upd = v.div(acc.add_(eps).sqrt_()).mul_(-lr)
-                    if mom > 0:
-                        upd = state["mom"].index_select(0, idx).mul_(mom).add_(upd)
-                        state["mom"].index_copy_(0, idx, upd)
-                    p.index_add_(0, idx, upd)
-                elif self.kernels and self._kernels_fit(p, state) and g.is_contiguous() and g.dtype == p.dtype:
-                    m = state["mom"] if mom > 0 else torch.empty(0, dtype=p.dtype)
-                    _dense_kernel(p.data.view(-1).numpy(), g.view(-1).numpy(), state["acc"].view(-1).numpy(),
-                                  m.view(-1).numpy(), lr, mom, eps)
-                else:   # the root goes into a kept buffer: no new parameter-sized tensor per step (1.4M floats at 480 units)
-                    if "root" not in state:
-                        state["root"] = torch.empty_like(p)
-                    denom = torch.add(state["acc"].addcmul_(g, g), eps, out=state["root"]).sqrt_()
-                    if mom > 0:
-                        p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
-                    else:
-                        p.addcdiv_(g, denom, value=-lr)
+                    self._update_rows(p, idx, v, lr, mom, eps)
+                else:
+                    self._update_dense(p, g, lr, mom, eps)
+
+    @torch.no_grad()
+    def update_rows(self, rows: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """One step with the tables' gradients given as ``(table, row ids, gradient rows)``, the ids distinct (as
+        a coalesced sparse gradient's), e.g. by ``GRU4Rec.xe_gradients``; the other parameters' ``.grad`` as they
+        are. Same update as :meth:`update` with those rows as sparse gradients; a listed table's ``.grad`` is not
+        read."""
+        listed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {id(p): (i, v) for p, i, v in rows}
+        for group in self.param_groups:
+            lr, mom, eps = group["lr"], group["momentum"], group["eps"]
+            for p in group["params"]:
+                if id(p) in listed:
+                    self._update_rows(p, *listed[id(p)], lr, mom, eps)
+                elif p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise ValueError("AdagradM.update_rows: a sparse .grad on a parameter not listed in rows")
+                    self._update_dense(p, p.grad, lr, mom, eps)
+
+    def _update_rows(self, p: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, lr: float, mom: float,
+                     eps: float) -> None:
+        """Rows ``idx`` (distinct) of ``p`` with gradient rows ``v``: accumulator, momentum and weight of those rows
+        only."""
+        state = self._state(p, mom)
+        if self.kernels and p.dim() <= 2 and self._kernels_fit(p, state):
+            # a 1-D table (GRU4Rec's item bias) as (n, 1) rows: the same kernel instead of ~8 torch ops
+            # (py-spy, 480 units: the torch path of the bias was ~4 % of a step)
+            m = _as_rows(state["mom"]) if mom > 0 else torch.empty(0, 0, dtype=p.dtype).numpy()
+            _rows_kernel(idx.numpy(), _as_rows(v.detach().contiguous()), _as_rows(p.data),
+                         _as_rows(state["acc"]), m, lr, mom, eps)
+            return
+        acc = state["acc"].index_select(0, idx).addcmul_(v, v)
+        state["acc"].index_copy_(0, idx, acc)
+        upd = v.div(acc.add_(eps).sqrt_()).mul_(-lr)
+        if mom > 0:
+            upd = state["mom"].index_select(0, idx).mul_(mom).add_(upd)
+            state["mom"].index_copy_(0, idx, upd)
+        p.index_add_(0, idx, upd)
+
+    def _update_dense(self, p: torch.Tensor, g: torch.Tensor, lr: float, mom: float, eps: float) -> None:
+        state = self._state(p, mom)
+        if self.kernels and self._kernels_fit(p, state) and g.is_contiguous() and g.dtype == p.dtype:
+            m = state["mom"] if mom > 0 else torch.empty(0, dtype=p.dtype)
+            _dense_kernel(p.data.view(-1).numpy(), g.view(-1).numpy(), state["acc"].view(-1).numpy(),
+                          m.view(-1).numpy(), lr, mom, eps)
+            return
+        # the root goes into a kept buffer: no new parameter-sized tensor per step (1.4M floats at 480 units)
+        if "root" not in state:
+            state["root"] = torch.empty_like(p)
+        denom = torch.add(state["acc"].addcmul_(g, g), eps, out=state["root"]).sqrt_()
+        if mom > 0:
+            p.add_(state["mom"].mul_(mom).addcdiv_(g, denom, value=-lr))
+        else:
+            p.addcdiv_(g, denom, value=-lr)

@@ -102,6 +102,10 @@ def session_metrics(ranks: torch.Tensor, ks: tuple[int, ...], prefix: str = "") 
 class SessionTask(TrainableTask):
     """Trains a session model (the SessionModel contract of models/base.py) on session-parallel batches; logs ``<stage>/epoch_val_recall_at_20`` etc."""
 
+    # whether a step may take the model's hand-written gradients (GRU4Rec.xe_gradients) when it offers them and the
+    # loop allows it (TrainableTask.takes_rows); False: always autograd (tests compare the two)
+    hand_gradients = True
+
     def __init__(self, model: nn.Module, lr: float = 0.05, optimizer: str = "adagrad", weight_decay: float = 0.0,
                  stage: str = "dense", loss: str = "cross-entropy", bpreg: float = 0.0, logq: float = 0.0,
                  item_counts: np.ndarray | None = None, ks: tuple[int, ...] = (20, 10), logq_form: str = "pop",
@@ -155,6 +159,19 @@ class SessionTask(TrainableTask):
         # the model's reset_state: slots where a new session starts get a fresh state; the state carries over
         # between steps without its gradient (GRU4Rec: truncated BPTT of one step, as the official code)
         state = self.model.reset_state(self.hidden, reset)
+        grads = getattr(self.model, "xe_gradients", None)
+        if grads is not None and self.hand_gradients and self.loss_name == "cross-entropy":
+            opt = self.optimizers()
+            if self.takes_rows(opt):   # the step written out (GRU4Rec.xe_gradients) where the model and loop allow
+                opt.optimizer.zero_grad()
+                cand = torch.cat([targets, negatives])
+                offsets = self.logq_offsets(targets, negatives)
+                if offsets is None and self.logq > 0:
+                    offsets = -self.logq * self.log_pop[cand]
+                got = grads(inputs, state, cand, offsets, self.mask_duplicates, self.sum_over, self.xe_eps)
+                if got is not None:
+                    loss, self.hidden, rows = got
+                    return self.rows_step(opt, loss, rows, len(inputs))
         scores = None
         if hasattr(self.model, "train_scores"):   # one fused read of the item table (GRU4Rec)
             h, self.hidden, scores = self.model.train_scores(inputs, state, torch.cat([targets, negatives]))
