@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.docs, pytest.mark.realdata]
 RUN = ["train.epochs=1", "trainer.enable_progress_bar=false", "eval.full_ranking=false", "tracking.log_model=false",
        "bench.requests=30", "bench.warmup=5", "bench.full_catalogue_requests=3", "bench.throughput_repeats=2",
        "bench.throughput_batch=512"]
-NCF = ["train.batch_size=2048"]                     # ncf_paper's batch 256 is 8x the steps on the same tiny data
+NCF = ["train.batch_size=2048"]                     # every NCF job at the default batch, whatever its config says
 FT = ["finetune.epochs=1"]
 GRU = ["model.hidden_size=48", "model.n_sample=64"]   # the 480-unit default is sized for the full click log
 SWEEP = ["hydra.sweeper.n_trials=2", "hydra.launcher.n_jobs=1"]   # joblib in this process, one trial at a time
