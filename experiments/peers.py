@@ -318,7 +318,8 @@ def neumf_pairs(args: argparse.Namespace, work: Path) -> list[tuple[Side, Side]]
         over = [f"data={data}", "model=neumf", "model.factors=32", "model.mlp_layers=[128,64,32]",
                 f"train.batch_size={batch}", f"train.epochs={epochs}", "train.lr=0.001", "train.optimizer=adam",
                 # auto: row-wise Adam (dense Adam's math, batch rows only) where a batch touches <= 10 % of the rows
-                # (batch 256 here), dense fused Adam otherwise (batch 2048)
+                # (batch 256 here), otherwise Adam over every row taking the hand-written step's row gradients
+                # (ScatterAdam, batch 2048)
                 "train.sparse=auto",
                 "train.num_negatives=4", "trainer.enable_progress_bar=false", *args.project_override]
         pairs.append((Side("RecBole 1.2.1", setting, args.recbole_python, "recbole-neumf", spec, "samples/s"),
