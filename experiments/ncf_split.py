@@ -1,7 +1,7 @@
 """Rebuild the NCF paper's own MovieLens-1M split (He et al. 2017) as a csv source folder, from NCF's ``test.rating``.
 
-    python experiments/ncf_split.py --out ../shared/ncf-split   # then, with RECSYS_DATA_DIR=../shared/ncf-split:
-    python run.py experiment=ncf_paper data.source=ncf-ml-1m-split data.name=ncf-ml-1m-split
+    python experiments/ncf_split.py --out ncf-split
+    RECSYS_DATA_DIR=ncf-split python run.py experiment=ncf_paper data=ncf-ml-1m-split   # conf/data/ncf-ml-1m-split.yaml
 
 Why: NCF's published rows (0.726 / 0.445 pre-trained, factor 32) are measured on its own held-out items. ``ml-1m-loo``
 has the same sizes but holds out another item for ~1,680 of the 6,040 users: NCF holds out each user's latest rating,
@@ -18,8 +18,10 @@ to MovieIDs by, in turn:
   user (e.g. ``ml-1m-half``); a test item still ambiguous takes the smallest candidate and is counted as guessed.
 
 Output: ``<out>/ncf-ml-1m-split/{train,test}.tsv`` (``user_id``, ``item_id``: MovieLens ids, the ``ml-1m-loo``
-format) and ``split.json`` (rows, users whose test item differs from ``ml-1m-loo``'s, guessed items). Evaluation
-negatives are then sampled by the project (99 per user, uniform among unrated movies, as NCF drew its own).
+format), ``test.negative`` (NCF's 99 test negatives per user in MovieLens ids, NCF's layout, which the csv format reads
+as ``data.test_negatives_file``) and ``split.json`` (rows, users whose test item differs from ``ml-1m-loo``'s, guessed
+items, negatives exact or drawn). A negative id that the partial map leaves ambiguous becomes one of its candidate
+movies that the user never rated (seeded): with the shared files, 451,602 of the 597,960 negatives are exact.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +64,11 @@ def candidates_from_map(path: Path) -> dict[int, list[int]]:
     return {int(k): [int(x) for x in c.split("|") if x] for k, c in zip(df["ncf_item_id"], df["candidate_movie_ids"])}
 
 
-def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_file: Path | None) -> tuple[
-        pd.DataFrame, pd.DataFrame, dict]:
-    """(train, test, stats) of NCF's split in MovieLens ids."""
+def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_file: Path | None,
+            test_negative: Path | None = None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[list[int]],
+                                                                         dict]:
+    """(train, test, test negatives (a list per test row, empty without ``test_negative``), stats) of NCF's split,
+    in MovieLens ids."""
     pairs = pd.concat([pd.read_csv(pairs_dir / f, sep="\t") for f in ("train.tsv", "test.tsv")], ignore_index=True)
     if pairs.duplicated().any():
         raise ValueError(f"{pairs_dir}: duplicate (user_id, item_id) pairs; expected each ML-1M pair once")
@@ -95,13 +100,44 @@ def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_f
     test = pd.DataFrame(out, columns=["user_id", "item_id"])
     held = pd.MultiIndex.from_frame(test)
     train = pairs[~pd.MultiIndex.from_frame(pairs).isin(held)].reset_index(drop=True)
+    negatives, neg_stats = (map_negatives(test_negative, test, cand, rated, seed) if test_negative
+                            else ([[] for _ in range(len(test))], {}))
     loo = pd.read_csv(pairs_dir / "test.tsv", sep="\t")
     differs = int(len(test) - len(test.merge(loo, on=["user_id", "item_id"])))
     stats = {"train_rows": len(train), "test_rows": len(test), "users": int(test["user_id"].nunique()),
              "item_map": "ratings.dat (exact)" if full else str(item_map),
              "test_items_guessed": len(guessed), "guessed_users": guessed,
-             f"test_items_differing_from_{pairs_dir.name}": differs}
-    return train, test, stats
+             f"test_items_differing_from_{pairs_dir.name}": differs, **neg_stats}
+    return train, test, negatives, stats
+
+
+def map_negatives(path: Path, test: pd.DataFrame, cand: dict[int, list[int]], rated: dict[int, set[int]],
+                  seed: int) -> tuple[list[list[int]], dict]:
+    """NCF's ``test.negative`` (aligned with ``test.rating``, hence with ``test``) in MovieLens ids. An id the map
+    pins is exact; an ambiguous id becomes one of its candidates that the user never rated and that the row does not
+    hold yet, drawn with ``seed`` (NCF drew its negatives uniformly among the user's unrated movies too)."""
+    rng = np.random.default_rng(seed)
+    out, exact, drawn, no_unrated = [], 0, 0, 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) != len(test):
+        raise ValueError(f"{path}: {len(lines)} lines, but the test file has {len(test)} rows")
+    for ln, uid in zip(lines, test["user_id"]):
+        row: list[int] = []
+        for x in ln.split("\t")[1:]:
+            c = cand[int(x)]
+            if len(c) == 1:
+                exact += 1
+                row.append(c[0])
+                continue
+            drawn += 1
+            ok = [m for m in c if m not in rated[uid] and m not in row]
+            if not ok:
+                no_unrated += 1
+                ok = [m for m in c if m not in row] or c
+            row.append(int(ok[rng.integers(len(ok))]))
+        out.append(row)
+    return out, {"negatives_exact": exact, "negatives_drawn_among_candidates": drawn,
+                 "negatives_without_unrated_candidate": no_unrated}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,18 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--item-map", type=Path, default=data / "ncf-ml-1m" / "ncf_item_id_map.partial.tsv")
     ap.add_argument("--ratings", type=Path, default=data / "ml-1m-half" / "ratings.dat.gz",
                     help="ratings.dat[.gz]: the full file gives the exact item map; a part narrows ties")
+    ap.add_argument("--test-negative", type=Path, default=data / "ncf-ml-1m" / "ml-1m.test.negative",
+                    help="NCF's test.negative, written as test.negative in MovieLens ids (skipped when absent)")
+    ap.add_argument("--seed", type=int, default=0, help="draws among an ambiguous negative id's candidates")
     args = ap.parse_args(argv)
     for p in (args.test_rating, args.pairs / "train.tsv", args.pairs / "test.tsv"):
         if not p.exists():
             ap.error(f"{p} does not exist")
     item_map = args.item_map if args.item_map.exists() else None
     ratings = args.ratings if args.ratings.exists() else None
-    train, test, stats = rebuild(args.test_rating, args.pairs, item_map, ratings)
+    negative = args.test_negative if args.test_negative.exists() else None
+    train, test, negatives, stats = rebuild(args.test_rating, args.pairs, item_map, ratings, negative, args.seed)
     dest = Path(args.out) / NAME
     dest.mkdir(parents=True, exist_ok=True)
     for name, df in (("train.tsv", train), ("test.tsv", test)):
         with atomic_path(dest / name) as tmp:
             df.to_csv(tmp, sep="\t", index=False)
+    if negative:
+        with atomic_path(dest / "test.negative") as tmp:
+            Path(tmp).write_text("".join(f"({u},{i})\t" + "\t".join(map(str, row)) + "\n"
+                                         for u, i, row in zip(test["user_id"], test["item_id"], negatives)))
     for name in ("users.dat", "movies.dat"):       # side features, for DeepFM on the same split
         if (args.pairs / name).exists():
             with atomic_path(dest / name) as tmp:
@@ -133,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_path(dest / "split.json") as tmp:
         Path(tmp).write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps({k: v for k, v in stats.items() if k != "guessed_users"}))
-    print(f"written: {dest}  (RECSYS_DATA_DIR={Path(args.out).resolve()} python run.py experiment=ncf_paper "
-          f"data.source={NAME} data.name={NAME})")
+    run = f"data={NAME}" if negative else f"data.source={NAME} data.name={NAME}"
+    print(f"written: {dest}  (RECSYS_DATA_DIR={Path(args.out).resolve()} python run.py experiment=ncf_paper {run})")
     return 0
 
 

@@ -169,6 +169,48 @@ def test_ncf_format_uses_published_negatives(tmp_path):
     assert not (pairs(s.val_users, s.val_items, n) & pairs(s.test_users, s.test_items, n))
 
 
+def _presplit_with_negatives(tmp_path: Path, ids: str = "u") -> tuple[dict, list[list[str]]]:
+    """A csv train/test pair and a test.negative file in NCF's layout (string user ids, integer items)."""
+    folder = tmp_path / "own"
+    folder.mkdir()
+    train = [f"{ids}{u}\t{10 + (u + k) % 20}" for u in range(12) for k in range(5)]
+    test = [(f"{ids}{u}", 10 + (u + 7) % 20) for u in range(12)]
+    negs = [[str(10 + (u + 9 + k) % 20) for k in range(4)] for u in range(12)]
+    (folder / "train.tsv").write_text("user\titem\n" + "\n".join(train) + "\n")
+    (folder / "test.tsv").write_text("user\titem\n" + "\n".join(f"{u}\t{i}" for u, i in test) + "\n")
+    (folder / "test.negative").write_text("".join(f"({u},{i})\t" + "\t".join(n) + "\n"
+                                                  for (u, i), n in zip(test, negs)))
+    return {"name": "own", "format": "csv", "source": "own", "train_file": "train.tsv", "test_file": "test.tsv",
+            "test_negatives_file": "test.negative", "num_eval_negatives": 3}, negs
+
+
+def test_csv_test_negatives_file_is_used_as_given(tmp_path):
+    cfg, negs = _presplit_with_negatives(tmp_path)
+    s = build_split(cfg, tmp_path, tmp_path / "cache", seed=0)
+    assert s.item_ids.dtype == np.int64                                     # integer items stay integers
+    got = {str(s.user_ids[u]): [str(x) for x in s.item_ids[row]] for u, row in zip(s.test_users, s.test_negatives)}
+    assert got == {f"u{u}": negs[u] for u in range(12)}                   # the file's negatives, in its order
+    assert s.test_negatives.shape == (12, 4) and s.val_negatives.shape[1] == 3   # validation still sampled
+    sampled = build_split({**cfg, "test_negatives_file": None}, tmp_path, tmp_path / "cache", seed=0)
+    assert sampled.test_negatives.shape == (12, 3)
+
+
+def test_csv_test_negatives_file_errors(tmp_path):
+    from recsys.errors import ConfigError
+
+    cfg, _ = _presplit_with_negatives(tmp_path)
+    with pytest.raises(ConfigError, match="needs format 'csv' with a test_file"):
+        build_split({**cfg, "test_file": None}, tmp_path, tmp_path / "cache", seed=0)
+    neg = tmp_path / "own" / "test.negative"
+    lines = neg.read_text().splitlines()
+    neg.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")   # rows 2 and 3 swapped
+    with pytest.raises(ConfigError, match=r"not aligned with test.tsv: 12 vs 12 rows, first difference at row 2"):
+        build_split(cfg, tmp_path, tmp_path / "cache", seed=0)
+    neg.write_text("\n".join([lines[0] + "\t11", *lines[1:]]) + "\n")
+    with pytest.raises(ConfigError, match="different numbers of negatives"):
+        build_split(cfg, tmp_path, tmp_path / "cache", seed=0)
+
+
 def test_numpy_dedupe_and_order_match_pandas_and_lexsort():
     """The vectorised _dedupe / _lex_order give pandas' stable sort + drop_duplicates(keep="last") and np.lexsort
     exactly (rows and order), with duplicate pairs, tied timestamps, negative ids and no timestamps."""

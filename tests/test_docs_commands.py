@@ -118,7 +118,7 @@ COVERED: dict[str, str | tuple[str, list[str]]] = {
          ["ncf_benchmark.py", "--compare", "train.optimizer=adam_loop"]),
     "python experiments/ncf_split.py --out ncf-split":   # the module fixture that every test of the file uses
         ("tests/test_ncf_split.py::rebuilt", ["ncf_split.py", "--out ncf-split"]),
-    "python run.py experiment=ncf_paper data.source=ncf-ml-1m-split data.name=ncf-ml-1m-split":
+    "python run.py experiment=ncf_paper data=ncf-ml-1m-split":
         "tests/test_ncf_split.py::test_documented_run_on_the_rebuilt_split",
     "python experiments/serve_load.py --quick":
         ("tests/test_serve_load.py::test_serve_load_quick_runs_every_cell", ["serve_load.py", "--quick"]),

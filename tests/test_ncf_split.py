@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -26,7 +27,7 @@ def rebuilt(shared_data_dir, tmp_path_factory):
     args[args.index("--out") + 1] = str(out)
     for flag, rel in (("--test-rating", "ncf-ml-1m/ml-1m.test.rating"), ("--pairs", "ml-1m-loo"),
                       ("--item-map", "ncf-ml-1m/ncf_item_id_map.partial.tsv"),
-                      ("--ratings", "ml-1m-half/ratings.dat.gz")):
+                      ("--ratings", "ml-1m-half/ratings.dat.gz"), ("--test-negative", "ncf-ml-1m/ml-1m.test.negative")):
         args += [flag, str(shared_data_dir / rel)]
     assert ncf_split.main(args) == 0
     d = out / ncf_split.NAME
@@ -57,6 +58,25 @@ def test_rebuilt_split_is_ml1m_minus_ncf_latest_ratings(rebuilt, shared_data_dir
     assert (half.set_index("user_id")["ts"] == latest.loc[half["user_id"]].to_numpy()).all()
 
 
+def test_ncf_negatives_in_movielens_ids(rebuilt, shared_data_dir):
+    """NCF's 99 negatives per user, mapped: none is a movie the user trained on, and the quirk of NCF's file (156 rows
+    whose negatives hold the user's own test item) survives the mapping."""
+    out, train, test, stats = rebuilt
+    lines = (out / ncf_split.NAME / "test.negative").read_text().splitlines()
+    assert len(lines) == len(test) == 6_040
+    seen = train.groupby("user_id")["item_id"].apply(set).to_dict()
+    in_train = with_test = 0
+    for ln, (u, i) in zip(lines, test.itertuples(index=False)):
+        head, *negs = ln.split("\t")
+        assert head == f"({u},{i})" and len(negs) == 99
+        negs = [int(x) for x in negs]
+        in_train += sum(x in seen[u] for x in negs)
+        with_test += i in negs
+    assert in_train == 0 and with_test == 156
+    assert stats["negatives_exact"] + stats["negatives_drawn_among_candidates"] == 597_960
+    assert stats["negatives_exact"] > 450_000
+
+
 def test_first_appearance_map_agrees_with_the_pinned_ids(shared_data_dir):
     """The exact map that a full ratings.dat gives (NCF ids = first appearance) equals every id the partial map pins,
     on the ids that ml-1m-half's first 2,999 users reach."""
@@ -78,21 +98,26 @@ def test_full_ratings_file_gives_the_exact_split(tmp_path):
     pd.DataFrame({"user_id": [1, 2], "item_id": [30, 60]}).to_csv(pairs / "test.tsv", sep="\t", index=False)
     # NCF ids by first appearance: 50 -> 0, 40 -> 1, 30 -> 2, 60 -> 3; NCF held out 40 for user 1 (tie at ts 20)
     (tmp_path / "t.rating").write_text("0\t1\t3\t20\n1\t3\t1\t9\n")
-    train, test, stats = ncf_split.rebuild(tmp_path / "t.rating", pairs, None, tmp_path / "r.dat")
+    (tmp_path / "t.negative").write_text("(0,1)\t3\n(1,3)\t2\n")
+    train, test, negs, stats = ncf_split.rebuild(tmp_path / "t.rating", pairs, None, tmp_path / "r.dat",
+                                                 tmp_path / "t.negative")
     assert test.values.tolist() == [[1, 40], [2, 60]] and stats["test_items_guessed"] == 0
+    assert negs == [[60], [30]] and stats["negatives_exact"] == 2
     assert sorted(map(tuple, train.values.tolist())) == [(1, 30), (1, 50), (2, 40)]
     assert stats["test_items_differing_from_pairs"] == 1
     with pytest.raises(ValueError, match="maps to no movie that user rated"):
-        (tmp_path / "bad.rating").write_text("1\t2\t4\t20\n")
+        (tmp_path / "bad.rating").write_text("1\t2\t4\t20\n")   # user 2 never rated NCF item 2 (movie 30)
         ncf_split.rebuild(tmp_path / "bad.rating", pairs, None, tmp_path / "r.dat")
 
 
 def test_documented_run_on_the_rebuilt_split(rebuilt, tmp_path):
-    """conf/experiment/ncf_paper.yaml's command on the rebuilt folder (tiny model, 20 batches a stage)."""
+    """conf/experiment/ncf_paper.yaml's command on the rebuilt folder (tiny model, 20 batches a stage): the test rows
+    are ranked against NCF's own negatives, read from the folder's test.negative."""
+    from recsys.data.splits import build_split
     from recsys.pipeline import run
 
     out, _, test, _ = rebuilt
-    cmd = "python run.py experiment=ncf_paper data.source=ncf-ml-1m-split data.name=ncf-ml-1m-split"
+    cmd = "python run.py experiment=ncf_paper data=ncf-ml-1m-split"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*cmd.split()[2:], f"paths.root_dir={tmp_path}", f"paths.data_dir={out}",
                                            "train.epochs=1", "+trainer.limit_train_batches=20", "model.factors=4",
@@ -106,4 +131,10 @@ def test_documented_run_on_the_rebuilt_split(rebuilt, tmp_path):
     r = next(x for x in runs if "final/hr_at_10" in x.data.metrics)
     assert r.data.params["data.source"] == "ncf-ml-1m-split"
     assert r.data.metrics["data/n_users"] == test["user_id"].nunique()
+    sp = build_split(cfg.data, str(out), cfg.paths.cache_dir, cfg.seed)
+    first = (out / ncf_split.NAME / "test.negative").read_text().splitlines()[0].split("\t")
+    k = int(np.searchsorted(sp.user_ids, int(first[0].strip("()").split(",")[0])))
+    row = int(np.flatnonzero(sp.test_users == k)[0])
+    assert sp.item_ids[sp.test_negatives[row]].tolist() == [int(x) for x in first[1:]]
+    assert sp.n_test_item_in_negatives == 156
     assert 0 < r.data.metrics["final/hr_at_10"] <= 1

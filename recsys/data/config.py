@@ -11,6 +11,9 @@ Keys (unknown keys are rejected, except the informational ones in :data:`IGNORED
                      (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest-small) are downloaded when absent.
 ``train_file``       csv: file (CSV, TSV or Parquet) of the (training) interactions, relative to the source folder. Required for csv.
 ``test_file``        csv, optional: a pre-split test file (used as test; validation is still taken from train).
+``test_negatives_file`` csv, optional (needs ``test_file``): the test rows' own evaluation negatives, used as given
+                     instead of sampled, in NCF's ``test.negative`` layout: a line per test row, in the same order,
+                     ``(user,item)`` then the negative items, tab-separated (e.g. ``experiments/ncf_split.py``).
 ``user_col``         csv: user column (name, or 0-based position with ``header: false``). Default ``user``.
 ``item_col``         csv: item column. Default ``item``.
 ``time_col``         csv, optional: timestamp column (enables the leave-latest-out rule). Default null.
@@ -67,6 +70,7 @@ class DataConfig:
     source: str
     train_file: str | None = None
     test_file: str | None = None
+    test_negatives_file: str | None = None
     user_col: str | int = "user"
     item_col: str | int = "item"
     time_col: str | int | None = None
@@ -85,7 +89,7 @@ class DataConfig:
             spec = REGISTRY.get(self.source)
             return [spec.ratings_file] if spec else ["|".join(MOVIELENS_RATINGS_FILES)]
         if self.format == "csv":
-            return [f for f in (self.train_file, self.test_file) if f]
+            return [f for f in (self.train_file, self.test_file, self.test_negatives_file) if f]
         return [f"{self.ncf_prefix}.{s}" for s in ("train.rating", "test.rating", "test.negative")]
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,6 +129,11 @@ def parse_data_cfg(data_cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         raise ConfigError(f"data config: unknown key(s) {unknown}; allowed keys: {sorted(_FIELDS)}.")
     if fmt == "csv" and not raw.get("train_file"):
         raise ConfigError("data config: format 'csv' needs 'data.train_file' (and 'data.user_col', 'data.item_col').")
+    if raw.get("test_negatives_file") and (fmt != "csv" or not raw.get("test_file")):
+        raise ConfigError(f"data config: test_negatives_file={raw['test_negatives_file']!r} gives the negatives of "
+                          "the rows of data.test_file, so it needs format 'csv' with a test_file"
+                          + (f" (format is {fmt!r}: NCF's files carry their own test.negative)." if fmt == "ncf"
+                             else f" (format is {fmt!r}, test_file is {raw.get('test_file')!r})."))
     if fmt == "ncf" and not raw.get("ncf_prefix"):
         raise ConfigError("data config: format 'ncf' needs 'data.ncf_prefix' (e.g. ml-1m for ml-1m.train.rating).")
     kwargs = {k: v for k, v in raw.items() if k in _FIELDS and v is not None}

@@ -125,26 +125,41 @@ def _read_rating(path: Path) -> pd.DataFrame:
     return _typed(pd.read_csv(path, sep="\t", header=None, names=_COLS, engine="c"))
 
 
+def read_test_negatives(path: Path, test: pd.DataFrame, what: str) -> np.ndarray:
+    """Negatives in NCF's ``test.negative`` layout (``(user,item)`` then the negative items, tab-separated, a line per
+    row of ``test``), checked to be aligned with ``test`` row by row and of one width. Negative items are parsed as
+    ``test``'s items (integers when those are integers, else strings)."""
+    lines = [ln for ln in _read_text(path).splitlines() if ln.strip()]
+    heads, rows = [], []
+    for ln in lines:
+        head, _, rest = ln.partition("\t")
+        heads.append(head.strip().strip("()").split(","))
+        rows.append(rest.split())
+    widths = {len(r) for r in rows}
+    if len(widths) != 1 or 0 in widths:
+        raise ConfigError(f"{path}: rows have different numbers of negatives {sorted(widths)}"
+                          if len(widths) > 1 else f"{path}: no negatives (expected '(user,item)<TAB>neg<TAB>neg...').")
+    int_items = test["item"].dtype.kind in "iu"
+    try:
+        negatives = np.array(rows, dtype=np.int64 if int_items else object)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: negative items must be integers like the items of {what} ({exc}).") from None
+    if any(len(h) != 2 for h in heads):
+        raise ConfigError(f"{path}: each line must start with '(user,item)'.")
+    want = list(zip(test["user"].astype(str), test["item"].astype(str)))
+    got = [(h[0].strip(), h[1].strip()) for h in heads]
+    if got != want:
+        bad = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise ConfigError(f"{path} is not aligned with {what}: {len(got)} vs {len(want)} rows, first difference "
+                          f"at row {bad + 1} (each line must start with that row's (user,item)).")
+    return negatives
+
+
 def read_ncf_test(folder: str | os.PathLike, prefix: str) -> tuple[pd.DataFrame, np.ndarray]:
     """``<prefix>.test.rating`` and ``<prefix>.test.negative``, checked to be aligned row by row."""
     folder = Path(folder)
     test = _read_rating(_ncf_path(folder, prefix, "test.rating"))
-    neg_path = _ncf_path(folder, prefix, "test.negative")
-    lines = [ln for ln in _read_text(neg_path).splitlines() if ln.strip()]
-    heads, rows = [], []
-    for ln in lines:
-        head, _, rest = ln.partition("\t")
-        heads.append(head.strip("()").split(","))
-        rows.append(rest.split())
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ConfigError(f"{neg_path}: rows have different numbers of negatives {sorted(widths)}.")
-    negatives = np.array(rows, dtype=np.int64)
-    pairs = np.array(heads, dtype=np.int64)
-    if len(pairs) != len(test) or not (np.array_equal(pairs[:, 0], test["user"].to_numpy())
-                                       and np.array_equal(pairs[:, 1], test["item"].to_numpy())):
-        raise ConfigError(f"{neg_path} is not aligned with {prefix}.test.rating: the (user,item) heads differ.")
-    return test, negatives
+    return test, read_test_negatives(_ncf_path(folder, prefix, "test.negative"), test, f"{prefix}.test.rating")
 
 
 def read_ncf(folder: str | os.PathLike, prefix: str) -> NCFData:

@@ -39,9 +39,11 @@ from recsys.data.readers import (
     read_csv_interactions,
     read_movielens,
     read_ncf,
+    read_test_negatives,
 )
 from recsys.data.sampling import csr_from_pairs, sample_eval_negatives, sorted_unique
 from recsys.data.sources import default_cache_dir, find_file, resolve_files, sha256_files
+from recsys.errors import ConfigError
 from recsys.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,13 @@ def _read_frames(cfg: DataConfig, folder: Path) -> tuple[pd.DataFrame, pd.DataFr
                   sep=cfg.sep, header=cfg.header, time_format=cfg.time_format, bad_lines=cfg.bad_lines)
         train = read_csv_interactions(find_file(folder, cfg.train_file), **kw)
         test = read_csv_interactions(find_file(folder, cfg.test_file), **kw) if cfg.test_file else None
-        return train, test, None
+        negs = None
+        if cfg.test_negatives_file:
+            negs = read_test_negatives(find_file(folder, cfg.test_negatives_file), test, cfg.test_file)
+            if test.attrs.get("skipped_lines"):
+                raise ConfigError(f"{cfg.test_file}: bad lines were skipped, so {cfg.test_negatives_file} can no "
+                                  "longer be matched to its rows; fix the file or leave out test_negatives_file.")
+        return train, test, negs
     ncf = read_ncf(folder, cfg.ncf_prefix)
     return ncf.train, ncf.test, ncf.negatives
 
