@@ -209,6 +209,12 @@ def test_csv_test_negatives_file_errors(tmp_path):
     neg.write_text("\n".join([lines[0] + "\t11", *lines[1:]]) + "\n")
     with pytest.raises(ConfigError, match="different numbers of negatives"):
         build_split(cfg, tmp_path, tmp_path / "cache", seed=0)
+    neg.write_text("\n".join(lines) + "\n")
+    test = tmp_path / "own" / "test.tsv"
+    rows = test.read_text().splitlines()
+    test.write_text("\n".join([rows[0], rows[1] + "\t5", *rows[2:]]) + "\n")   # row 1 has 3 columns: skipped
+    with pytest.raises(ConfigError, match="bad lines were skipped, so test.negative can no longer be matched"):
+        build_split({**cfg, "bad_lines": "skip"}, tmp_path, tmp_path / "cache", seed=0)
 
 
 def test_numpy_dedupe_and_order_match_pandas_and_lexsort():

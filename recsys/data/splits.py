@@ -239,10 +239,10 @@ def _read_frames(cfg: DataConfig, folder: Path) -> tuple[pd.DataFrame, pd.DataFr
         test = read_csv_interactions(find_file(folder, cfg.test_file), **kw) if cfg.test_file else None
         negs = None
         if cfg.test_negatives_file:
-            negs = read_test_negatives(find_file(folder, cfg.test_negatives_file), test, cfg.test_file)
             if test.attrs.get("skipped_lines"):
                 raise ConfigError(f"{cfg.test_file}: bad lines were skipped, so {cfg.test_negatives_file} can no "
                                   "longer be matched to its rows; fix the file or leave out test_negatives_file.")
+            negs = read_test_negatives(find_file(folder, cfg.test_negatives_file), test, cfg.test_file)
         return train, test, negs
     ncf = read_ncf(folder, cfg.ncf_prefix)
     return ncf.train, ncf.test, ncf.negatives
