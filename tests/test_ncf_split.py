@@ -89,6 +89,16 @@ def test_first_appearance_map_agrees_with_the_pinned_ids(shared_data_dir):
     assert all(derived[k][0] in partial[k] for k in derived)
 
 
+def test_missing_folder_names_the_script_that_builds_it(tmp_path):
+    from recsys.data.config import validate_data_cfg
+    from recsys.data.sources import DataNotFoundError
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=ncf-ml-1m-split"])
+    with pytest.raises(DataNotFoundError, match=r"build it with: python experiments/ncf_split.py --out <data root>"):
+        validate_data_cfg(cfg.data, tmp_path, tmp_path / "cache")
+
+
 def test_full_ratings_file_gives_the_exact_split(tmp_path):
     """With a complete ratings.dat the item map is exact: a same-second tie is resolved by NCF's own id."""
     (tmp_path / "r.dat").write_text("1::50::5::10\n1::40::3::20\n1::30::4::20\n2::40::2::5\n2::60::1::9\n")

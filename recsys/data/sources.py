@@ -116,6 +116,13 @@ def _describe(required: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+# Sources that no download provides but a script of this repository builds from other files (what to run, and from what)
+BUILT_BY = {
+    "ncf-ml-1m-split": "python experiments/ncf_split.py --out <data root> (from NCF's ml-1m.test.rating / "
+                       "ml-1m.test.negative in ncf-ml-1m/ and every ML-1M pair in ml-1m-loo/)",
+}
+
+
 def missing_message(name: str, required: Sequence[str], searched: Sequence[Path], reason: str = "") -> str:
     """A message saying which files were expected where, and how to provide them."""
     spec = REGISTRY.get(name)
@@ -123,6 +130,8 @@ def missing_message(name: str, required: Sequence[str], searched: Sequence[Path]
     lines.append("Searched: " + ", ".join(str(p) for p in searched) + ".")
     if spec is not None:
         lines.append(f"Download URL: {spec.url} (unzip it into one of those folders)." + (f" {reason}" if reason else ""))
+    elif name in BUILT_BY:
+        lines.append(f"No download is registered for '{name}'; build it with: {BUILT_BY[name]}.")
     else:
         lines.append(f"No download is registered for '{name}'; copy its files there yourself.")
     lines.append(f"Point the data root at the folder holding '{name}/' with the environment variable {DATA_DIR_ENV} "
