@@ -12,7 +12,8 @@ all of ML-1M minus those test pairs, so the split can be rebuilt from ``ml-1m.te
 NCF's item ids are not MovieLens ids (they number movies by first appearance in ``ratings.dat``). They are mapped back
 to MovieIDs by, in turn:
 
-- the full ``ratings.dat`` when given (``--ratings``, all 6,040 users): first appearance gives the exact map;
+- the full ``ratings.dat`` when given (``--ratings``: its folder; all 6,040 users): first appearance gives the
+  exact map;
 - else a partial map (``--item-map``: ``ncf_item_id``, ``candidate_movie_ids`` joined by ``|``), narrowed to the
   movies the user rated, then to those rated with the test row's stars and timestamp where ``--ratings`` covers the
   user (e.g. ``ml-1m-half``); a test item still ambiguous takes the smallest candidate and is counted as guessed.
@@ -26,11 +27,9 @@ movies that the user never rated (seeded): with the shared files, 451,602 of the
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,22 +38,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recsys.data.readers import read_movielens, read_test_negatives
 from recsys.fileio import atomic_path
 
 NAME = "ncf-ml-1m-split"
 
 
-def read_ratings(path: Path) -> pd.DataFrame:
-    """GroupLens ``ratings.dat`` (or ``.gz``): user, movie, stars, timestamp, in file order."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="latin-1") as fh:
-        rows = [line.rstrip("\n").split("::") for line in fh if line.strip()]
-    return pd.DataFrame(rows, columns=["u", "m", "r", "ts"]).astype("int64")
-
-
 def candidates_from_ratings(ratings: pd.DataFrame) -> dict[int, list[int]]:
-    """NCF id -> [MovieID] by first appearance in ``ratings.dat`` (exact when the file is complete)."""
-    first = pd.unique(ratings["m"].to_numpy())
+    """NCF id -> [MovieID] by first appearance in ``ratings.dat`` (``read_movielens``'s frame, in file order; exact
+    when the file is complete)."""
+    first = pd.unique(ratings["item"].to_numpy())
     return {k: [int(m)] for k, m in enumerate(first)}
 
 
@@ -64,28 +57,31 @@ def candidates_from_map(path: Path) -> dict[int, list[int]]:
     return {int(k): [int(x) for x in c.split("|") if x] for k, c in zip(df["ncf_item_id"], df["candidate_movie_ids"])}
 
 
-def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_file: Path | None,
+def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_dir: Path | None,
             test_negative: Path | None = None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[list[int]],
                                                                          dict]:
     """(train, test, test negatives (a list per test row, empty without ``test_negative``), stats) of NCF's split,
-    in MovieLens ids."""
-    pairs = pd.concat([pd.read_csv(pairs_dir / f, sep="\t") for f in ("train.tsv", "test.tsv")], ignore_index=True)
+    in MovieLens ids. ``ratings_dir``: a folder holding ``ratings.dat[.gz]``."""
+    loo = pd.read_csv(pairs_dir / "test.tsv", sep="\t")
+    pairs = pd.concat([pd.read_csv(pairs_dir / "train.tsv", sep="\t"), loo], ignore_index=True)
     if pairs.duplicated().any():
         raise ValueError(f"{pairs_dir}: duplicate (user_id, item_id) pairs; expected each ML-1M pair once")
     rated = pairs.groupby("user_id")["item_id"].apply(set).to_dict()
-    ratings = read_ratings(ratings_file) if ratings_file else None
-    full = ratings is not None and ratings["u"].nunique() == len(rated)
+    ratings = read_movielens("ml-1m", ratings_dir) if ratings_dir else None
+    full = ratings is not None and ratings["user"].nunique() == len(rated)
     if full:
         cand = candidates_from_ratings(ratings)
     elif item_map is not None:
         cand = candidates_from_map(item_map)
     else:
         raise ValueError("give --ratings with the full ratings.dat, or --item-map (the partial NCF item map)")
-    at: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+    test_rows = pd.read_csv(test_rating, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
+    # movies each test row's (user, stars, second) names in ratings.dat, where it covers the user: narrows ambiguous ids
+    at: dict[tuple[int, int, int], set[int]] = {}
     if ratings is not None:
-        for u, m, r, ts in ratings.itertuples(index=False):
-            at[(u, r, ts)].add(m)
-    test_rows = pd.read_csv(test_rating, sep="\t", header=None, names=["u", "i", "r", "ts"])
+        keys = test_rows.assign(user=test_rows["user"] + 1)[["user", "rating", "timestamp"]]
+        hits = ratings.astype({"rating": np.int64}).merge(keys, on=["user", "rating", "timestamp"])
+        at = hits.groupby(["user", "rating", "timestamp"])["item"].apply(set).to_dict()
     out, guessed = [], []
     for u, i, r, ts in test_rows.itertuples(index=False):
         uid = int(u) + 1                       # NCF users are MovieLens UserID - 1
@@ -100,9 +96,8 @@ def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_f
     test = pd.DataFrame(out, columns=["user_id", "item_id"])
     held = pd.MultiIndex.from_frame(test)
     train = pairs[~pd.MultiIndex.from_frame(pairs).isin(held)].reset_index(drop=True)
-    negatives, neg_stats = (map_negatives(test_negative, test, cand, rated, seed) if test_negative
+    negatives, neg_stats = (map_negatives(test_negative, test_rows, test, cand, rated, seed) if test_negative
                             else ([[] for _ in range(len(test))], {}))
-    loo = pd.read_csv(pairs_dir / "test.tsv", sep="\t")
     differs = int(len(test) - len(test.merge(loo, on=["user_id", "item_id"])))
     stats = {"train_rows": len(train), "test_rows": len(test), "users": int(test["user_id"].nunique()),
              "item_map": "ratings.dat (exact)" if full else str(item_map),
@@ -111,20 +106,19 @@ def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_f
     return train, test, negatives, stats
 
 
-def map_negatives(path: Path, test: pd.DataFrame, cand: dict[int, list[int]], rated: dict[int, set[int]],
-                  seed: int) -> tuple[list[list[int]], dict]:
-    """NCF's ``test.negative`` (aligned with ``test.rating``, hence with ``test``) in MovieLens ids. An id the map
-    pins is exact; an ambiguous id becomes one of its candidates that the user never rated and that the row does not
-    hold yet, drawn with ``seed`` (NCF drew its negatives uniformly among the user's unrated movies too)."""
+def map_negatives(path: Path, test_rows: pd.DataFrame, test: pd.DataFrame, cand: dict[int, list[int]],
+                  rated: dict[int, set[int]], seed: int) -> tuple[list[list[int]], dict]:
+    """NCF's ``test.negative`` (read and checked against ``test_rows``, NCF's ``test.rating``, row by row) in MovieLens
+    ids, row k for ``test``'s row k. An id the map pins is exact; an ambiguous id becomes one of its candidates that
+    the user never rated and that the row does not hold yet, drawn with ``seed`` (NCF drew its negatives uniformly
+    among the user's unrated movies too)."""
     rng = np.random.default_rng(seed)
     out, exact, drawn, no_unrated = [], 0, 0, 0
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if len(lines) != len(test):
-        raise ValueError(f"{path}: {len(lines)} lines, but the test file has {len(test)} rows")
-    for ln, uid in zip(lines, test["user_id"]):
+    ncf_negatives = read_test_negatives(path, test_rows, "its test.rating")
+    for ids, uid in zip(ncf_negatives.tolist(), test["user_id"]):
         row: list[int] = []
-        for x in ln.split("\t")[1:]:
-            c = cand[int(x)]
+        for x in ids:
+            c = cand[x]
             if len(c) == 1:
                 exact += 1
                 row.append(c[0])
@@ -148,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=Path, default=data / "ml-1m-loo",
                     help="folder with train.tsv + test.tsv holding every ML-1M (user_id, item_id) pair once")
     ap.add_argument("--item-map", type=Path, default=data / "ncf-ml-1m" / "ncf_item_id_map.partial.tsv")
-    ap.add_argument("--ratings", type=Path, default=data / "ml-1m-half" / "ratings.dat.gz",
-                    help="ratings.dat[.gz]: the full file gives the exact item map; a part narrows ties")
+    ap.add_argument("--ratings", type=Path, default=data / "ml-1m-half",
+                    help="folder with ratings.dat[.gz]: the full file gives the exact item map; a part narrows ties")
     ap.add_argument("--test-negative", type=Path, default=data / "ncf-ml-1m" / "ml-1m.test.negative",
                     help="NCF's test.negative, written as test.negative in MovieLens ids (skipped when absent)")
     ap.add_argument("--seed", type=int, default=0, help="draws among an ambiguous negative id's candidates")
@@ -158,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if not p.exists():
             ap.error(f"{p} does not exist")
     item_map = args.item_map if args.item_map.exists() else None
-    ratings = args.ratings if args.ratings.exists() else None
+    ratings = args.ratings if (args.ratings / "ratings.dat").exists() or (args.ratings / "ratings.dat.gz").exists() \
+        else None
     negative = args.test_negative if args.test_negative.exists() else None
     train, test, negatives, stats = rebuild(args.test_rating, args.pairs, item_map, ratings, negative, args.seed)
     dest = Path(args.out) / NAME

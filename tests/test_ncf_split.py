@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import ncf_split
 
+from recsys.data.readers import read_movielens
+
 pytestmark = pytest.mark.realdata
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def rebuilt(shared_data_dir, tmp_path_factory):
     args[args.index("--out") + 1] = str(out)
     for flag, rel in (("--test-rating", "ncf-ml-1m/ml-1m.test.rating"), ("--pairs", "ml-1m-loo"),
                       ("--item-map", "ncf-ml-1m/ncf_item_id_map.partial.tsv"),
-                      ("--ratings", "ml-1m-half/ratings.dat.gz"), ("--test-negative", "ncf-ml-1m/ml-1m.test.negative")):
+                      ("--ratings", "ml-1m-half"), ("--test-negative", "ncf-ml-1m/ml-1m.test.negative")):
         args += [flag, str(shared_data_dir / rel)]
     assert ncf_split.main(args) == 0
     d = out / ncf_split.NAME
@@ -80,7 +82,7 @@ def test_ncf_negatives_in_movielens_ids(rebuilt, shared_data_dir):
 def test_first_appearance_map_agrees_with_the_pinned_ids(shared_data_dir):
     """The exact map that a full ratings.dat gives (NCF ids = first appearance) equals every id the partial map pins,
     on the ids that ml-1m-half's first 2,999 users reach."""
-    ratings = ncf_split.read_ratings(shared_data_dir / "ml-1m-half" / "ratings.dat.gz")
+    ratings = read_movielens("ml-1m", shared_data_dir / "ml-1m-half")
     derived = ncf_split.candidates_from_ratings(ratings)
     partial = ncf_split.candidates_from_map(shared_data_dir / "ncf-ml-1m" / "ncf_item_id_map.partial.tsv")
     pinned = [k for k in derived if len(partial[k]) == 1]
@@ -101,7 +103,8 @@ def test_missing_folder_names_the_script_that_builds_it(tmp_path):
 
 def test_full_ratings_file_gives_the_exact_split(tmp_path):
     """With a complete ratings.dat the item map is exact: a same-second tie is resolved by NCF's own id."""
-    (tmp_path / "r.dat").write_text("1::50::5::10\n1::40::3::20\n1::30::4::20\n2::40::2::5\n2::60::1::9\n")
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "ratings.dat").write_text("1::50::5::10\n1::40::3::20\n1::30::4::20\n2::40::2::5\n2::60::1::9\n")
     pairs = tmp_path / "pairs"
     pairs.mkdir()
     pd.DataFrame({"user_id": [1, 1, 2], "item_id": [50, 40, 40]}).to_csv(pairs / "train.tsv", sep="\t", index=False)
@@ -109,7 +112,7 @@ def test_full_ratings_file_gives_the_exact_split(tmp_path):
     # NCF ids by first appearance: 50 -> 0, 40 -> 1, 30 -> 2, 60 -> 3; NCF held out 40 for user 1 (tie at ts 20)
     (tmp_path / "t.rating").write_text("0\t1\t3\t20\n1\t3\t1\t9\n")
     (tmp_path / "t.negative").write_text("(0,1)\t3\n(1,3)\t2\n")
-    train, test, negs, stats = ncf_split.rebuild(tmp_path / "t.rating", pairs, None, tmp_path / "r.dat",
+    train, test, negs, stats = ncf_split.rebuild(tmp_path / "t.rating", pairs, None, tmp_path / "ml",
                                                  tmp_path / "t.negative")
     assert test.values.tolist() == [[1, 40], [2, 60]] and stats["test_items_guessed"] == 0
     assert negs == [[60], [30]] and stats["negatives_exact"] == 2
@@ -117,7 +120,7 @@ def test_full_ratings_file_gives_the_exact_split(tmp_path):
     assert stats["test_items_differing_from_pairs"] == 1
     with pytest.raises(ValueError, match="maps to no movie that user rated"):
         (tmp_path / "bad.rating").write_text("1\t2\t4\t20\n")   # user 2 never rated NCF item 2 (movie 30)
-        ncf_split.rebuild(tmp_path / "bad.rating", pairs, None, tmp_path / "r.dat")
+        ncf_split.rebuild(tmp_path / "bad.rating", pairs, None, tmp_path / "ml")
 
 
 def test_documented_run_on_the_rebuilt_split(rebuilt, tmp_path):
