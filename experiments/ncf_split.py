@@ -38,7 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.data.readers import read_movielens, read_test_negatives
+from recsys.data.readers import read_movielens, read_ncf_rating, read_test_negatives
 from recsys.fileio import atomic_path
 
 NAME = "ncf-ml-1m-split"
@@ -75,12 +75,12 @@ def rebuild(test_rating: Path, pairs_dir: Path, item_map: Path | None, ratings_d
         cand = candidates_from_map(item_map)
     else:
         raise ValueError("give --ratings with the full ratings.dat, or --item-map (the partial NCF item map)")
-    test_rows = pd.read_csv(test_rating, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
+    test_rows = read_ncf_rating(test_rating)
     # movies each test row's (user, stars, second) names in ratings.dat, where it covers the user: narrows ambiguous ids
     at: dict[tuple[int, int, int], set[int]] = {}
     if ratings is not None:
         keys = test_rows.assign(user=test_rows["user"] + 1)[["user", "rating", "timestamp"]]
-        hits = ratings.astype({"rating": np.int64}).merge(keys, on=["user", "rating", "timestamp"])
+        hits = ratings.merge(keys, on=["user", "rating", "timestamp"])
         at = hits.groupby(["user", "rating", "timestamp"])["item"].apply(set).to_dict()
     out, guessed = [], []
     for u, i, r, ts in test_rows.itertuples(index=False):

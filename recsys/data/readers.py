@@ -121,7 +121,8 @@ def _ncf_path(folder: Path, prefix: str, suffix: str) -> Path:
     return path
 
 
-def _read_rating(path: Path) -> pd.DataFrame:
+def read_ncf_rating(path: Path) -> pd.DataFrame:
+    """An NCF ``.rating`` file (``user  item  rating  timestamp``, tab-separated, no header)."""
     return _typed(pd.read_csv(path, sep="\t", header=None, names=_COLS, engine="c"))
 
 
@@ -158,7 +159,7 @@ def read_test_negatives(path: Path, test: pd.DataFrame, what: str) -> np.ndarray
 def read_ncf_test(folder: str | os.PathLike, prefix: str) -> tuple[pd.DataFrame, np.ndarray]:
     """``<prefix>.test.rating`` and ``<prefix>.test.negative``, checked to be aligned row by row."""
     folder = Path(folder)
-    test = _read_rating(_ncf_path(folder, prefix, "test.rating"))
+    test = read_ncf_rating(_ncf_path(folder, prefix, "test.rating"))
     return test, read_test_negatives(_ncf_path(folder, prefix, "test.negative"), test, f"{prefix}.test.rating")
 
 
@@ -167,4 +168,4 @@ def read_ncf(folder: str | os.PathLike, prefix: str) -> NCFData:
     folder = Path(folder)
     train_path = _ncf_path(folder, prefix, "train.rating")
     test, negatives = read_ncf_test(folder, prefix)
-    return NCFData(_read_rating(train_path), test, negatives)
+    return NCFData(read_ncf_rating(train_path), test, negatives)
